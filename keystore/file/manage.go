@@ -1,0 +1,185 @@
+package file
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"syscall"
+
+	"github.com/tink-crypto/tink-go/v2/aead"
+	"github.com/tink-crypto/tink-go/v2/keyset"
+
+	"github.com/keywarden/keywarden/keystore"
+)
+
+// lock takes an exclusive advisory lock beside the keyset so that two kmsctl
+// runs on one node cannot interleave their read-modify-write cycles.
+func lock(path string) (func(), error) {
+	f, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("%w: open lock file: %v", keystore.ErrUnavailable, pathErr(err))
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("%w: lock keyset: %v", keystore.ErrUnavailable, err)
+	}
+	return func() {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		_ = f.Close()
+	}, nil
+}
+
+// modify runs fn on a manager over the keyset as it is on disk now, writes
+// the result atomically and reloads it into b.
+func (b *Backend) modify(ctx context.Context, fn func(m *keyset.Manager, ks *loaded) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	unlock, err := lock(b.path)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	h, _, err := readHandle(b.path)
+	if err != nil {
+		return err
+	}
+	ks, err := parse(h)
+	if err != nil {
+		return err
+	}
+	m := keyset.NewManagerFromHandle(h)
+	if err := fn(m, ks); err != nil {
+		return err
+	}
+	nh, err := m.Handle()
+	if err != nil {
+		return fmt.Errorf("build keyset: %w", err)
+	}
+	if _, err := parse(nh); err != nil {
+		return err
+	}
+	if err := write(b.path, nh); err != nil {
+		return err
+	}
+	_, err = b.refresh()
+	return err
+}
+
+func (ks *loaded) find(keyID string) (version, error) {
+	v, ok := ks.byKeyID[keyID]
+	if !ok {
+		return version{}, fmt.Errorf("%w: no version %q in keyset", keystore.ErrKeyNotFound, short(keyID))
+	}
+	return v, nil
+}
+
+// List implements keystore.Manager. Tink keysets carry no creation time, so
+// Created is left zero.
+func (b *Backend) List(ctx context.Context) ([]keystore.KeyVersion, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	ks, err := b.refresh()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]keystore.KeyVersion, 0, len(ks.versions))
+	for _, v := range ks.versions {
+		out = append(out, keystore.KeyVersion{KeyID: v.keyID, State: state(v.status), Primary: v.keyID == ks.primary})
+	}
+	return out, nil
+}
+
+func state(s keyset.KeyStatus) keystore.KeyState {
+	switch s {
+	case keyset.Enabled:
+		return keystore.KeyEnabled
+	case keyset.Disabled:
+		return keystore.KeyDisabled
+	default:
+		return keystore.KeyDestroyed
+	}
+}
+
+// Add implements keystore.Manager.
+func (b *Backend) Add(ctx context.Context) (keystore.KeyVersion, error) {
+	var added keystore.KeyVersion
+	var before map[string]bool
+	err := b.modify(ctx, func(m *keyset.Manager, ks *loaded) error {
+		before = make(map[string]bool, len(ks.versions))
+		for _, v := range ks.versions {
+			before[v.keyID] = true
+		}
+		if _, err := m.Add(aead.AES256GCMKeyTemplate()); err != nil {
+			return fmt.Errorf("add key version: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return added, err
+	}
+	for _, v := range b.current().versions {
+		if !before[v.keyID] {
+			added = keystore.KeyVersion{KeyID: v.keyID, State: state(v.status)}
+		}
+	}
+	return added, nil
+}
+
+// Promote implements keystore.Manager.
+func (b *Backend) Promote(ctx context.Context, keyID string) error {
+	return b.modify(ctx, func(m *keyset.Manager, ks *loaded) error {
+		v, err := ks.find(keyID)
+		if err != nil {
+			return err
+		}
+		if v.status != keyset.Enabled {
+			return fmt.Errorf("%w: cannot promote %q: it is %s", keystore.ErrKeyDisabled, keyID, state(v.status))
+		}
+		return m.SetPrimary(v.tinkID)
+	})
+}
+
+// Disable implements keystore.Manager.
+func (b *Backend) Disable(ctx context.Context, keyID string) error {
+	return b.modify(ctx, func(m *keyset.Manager, ks *loaded) error {
+		v, err := ks.find(keyID)
+		if err != nil {
+			return err
+		}
+		if keyID == ks.primary {
+			return fmt.Errorf("%w: cannot disable the primary version %q; promote another first", keystore.ErrConfig, keyID)
+		}
+		return m.Disable(v.tinkID)
+	})
+}
+
+// Enable implements keystore.Manager.
+func (b *Backend) Enable(ctx context.Context, keyID string) error {
+	return b.modify(ctx, func(m *keyset.Manager, ks *loaded) error {
+		v, err := ks.find(keyID)
+		if err != nil {
+			return err
+		}
+		return m.Enable(v.tinkID)
+	})
+}
+
+// Destroy implements keystore.Manager: the version's material is removed from
+// the keyset. Only a disabled, non-primary version can be destroyed.
+func (b *Backend) Destroy(ctx context.Context, keyID string) error {
+	return b.modify(ctx, func(m *keyset.Manager, ks *loaded) error {
+		v, err := ks.find(keyID)
+		if err != nil {
+			return err
+		}
+		if keyID == ks.primary {
+			return fmt.Errorf("%w: cannot destroy the primary version %q", keystore.ErrConfig, keyID)
+		}
+		if v.status != keyset.Disabled {
+			return fmt.Errorf("%w: disable %q before destroying it", keystore.ErrConfig, keyID)
+		}
+		return m.Delete(v.tinkID)
+	})
+}
