@@ -1,0 +1,48 @@
+// Package byuri opens a keystore.Backend from its URI. It is the one switch
+// from URI scheme to backend; each backend parses its own typed config.
+package byuri
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/keywarden/keywarden/keystore"
+	"github.com/keywarden/keywarden/keystore/file"
+)
+
+// Open opens the backend that uri names, e.g. file:///etc/keywarden/keyset.json.
+func Open(ctx context.Context, uri string) (keystore.Backend, error) {
+	scheme, _, ok := strings.Cut(uri, ":")
+	if !ok {
+		return nil, fmt.Errorf("%w: keystore URI %q has no scheme (want file://, pkcs11:, ...)", keystore.ErrConfig, uri)
+	}
+	switch scheme {
+	case "file":
+		p, err := FilePath(uri)
+		if err != nil {
+			return nil, err
+		}
+		return file.Open(p)
+	case "pkcs11":
+		return openPKCS11(ctx, uri)
+	default:
+		return nil, fmt.Errorf("%w: unknown keystore scheme %q", keystore.ErrConfig, scheme)
+	}
+}
+
+// FilePath returns the keyset path of a file:// URI.
+func FilePath(uri string) (string, error) {
+	u, err := url.Parse(uri)
+	if err != nil || u.Scheme != "file" {
+		return "", fmt.Errorf("%w: bad file keystore URI %q (want file:///absolute/path)", keystore.ErrConfig, uri)
+	}
+	if u.Host != "" && u.Host != "localhost" {
+		return "", fmt.Errorf("%w: file keystore URI %q names host %q; use file:///absolute/path", keystore.ErrConfig, uri, u.Host)
+	}
+	if u.Path == "" || u.Path[0] != '/' {
+		return "", fmt.Errorf("%w: file keystore URI %q needs an absolute path", keystore.ErrConfig, uri)
+	}
+	return u.Path, nil
+}
