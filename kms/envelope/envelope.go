@@ -1,0 +1,184 @@
+// Package envelope is keywarden's versioned wire format: the ciphertext it
+// returns to kube-apiserver and the wrapped local KEK it returns as an
+// annotation. Every length is bounded and checked before anything is parsed
+// or any key is touched.
+//
+// Ciphertext, version 1 (at most MaxCiphertext bytes):
+//
+//	0x01 | nonce (12) | AES-256-GCM(local KEK, seed, aad) (len(seed)+16)
+//
+// Wrapped KEK annotation, version 1 (at most MaxAnnotation bytes):
+//
+//	0x01 | u16 len | root key_id | u16 len | root keystore ciphertext
+//
+// The AAD binds the root key_id and the whole annotation, so neither can be
+// swapped between objects without the seal failing.
+package envelope
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Version1 is the only format version this code writes and reads.
+const Version1 byte = 1
+
+// Bounds. kube-apiserver rejects ciphertexts over 1 kB and key IDs over
+// 1 kB; annotations must total under 32 kB.
+const (
+	NonceSize      = 12
+	TagSize        = 16
+	KEKSize        = 32
+	MaxPlaintext   = 512
+	MaxCiphertext  = 1 + NonceSize + MaxPlaintext + TagSize
+	MinCiphertext  = 1 + NonceSize + 1 + TagSize
+	MaxKeyID       = 1024
+	MaxRootCT      = 16 << 10
+	MaxAnnotation  = 1 + 2 + MaxKeyID + 2 + MaxRootCT
+	AnnotationKey  = "kek.keywarden.io"
+	aadLabel       = "keywarden.io/envelope/v1"
+	rootAADLabel   = "keywarden.io/local-kek/v1"
+	annotationHead = 1
+)
+
+// Errors. Every one of them means the caller sent something we did not make
+// (or that was altered since): kms maps them all to InvalidArgument.
+var (
+	ErrMalformed   = errors.New("malformed envelope")
+	ErrVersion     = errors.New("unknown envelope version")
+	ErrAuthFailed  = errors.New("ciphertext authentication failed")
+	ErrTooLarge    = errors.New("input exceeds size bound")
+	ErrBadKEKBytes = errors.New("local KEK has wrong size")
+)
+
+// RootAAD is the associated data the root keystore binds to every wrapped
+// local KEK, so that its ciphertexts cannot be confused with any other use
+// of the same root key.
+func RootAAD() []byte { return []byte(rootAADLabel) }
+
+// NewAEAD makes the AES-256-GCM AEAD for a local KEK.
+func NewAEAD(kek []byte) (cipher.AEAD, error) {
+	if len(kek) != KEKSize {
+		return nil, ErrBadKEKBytes
+	}
+	block, err := aes.NewCipher(kek)
+	if err != nil {
+		return nil, ErrBadKEKBytes
+	}
+	return cipher.NewGCM(block)
+}
+
+// AAD is the associated data for a ciphertext made under the root key_id and
+// wrapped KEK annotation given. It is fixed per local KEK, so callers compute
+// it once and reuse it.
+func AAD(keyID string, annotation []byte) []byte {
+	b := make([]byte, 0, len(aadLabel)+1+2+len(keyID)+4+len(annotation))
+	b = append(b, aadLabel...)
+	b = append(b, Version1)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(keyID)))
+	b = append(b, keyID...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(annotation)))
+	return append(b, annotation...)
+}
+
+// Seal encrypts pt under aead with a fresh random nonce from rand.
+func Seal(aead cipher.AEAD, rand io.Reader, pt, aad []byte) ([]byte, error) {
+	if len(pt) == 0 || len(pt) > MaxPlaintext {
+		return nil, fmt.Errorf("%w: plaintext is %d bytes, want 1..%d", ErrTooLarge, len(pt), MaxPlaintext)
+	}
+	out := make([]byte, 1+NonceSize, 1+NonceSize+len(pt)+TagSize)
+	out[0] = Version1
+	if _, err := io.ReadFull(rand, out[1:]); err != nil {
+		return nil, fmt.Errorf("read nonce: %w", err)
+	}
+	return aead.Seal(out, out[1:1+NonceSize], pt, aad), nil
+}
+
+// Check validates a ciphertext's version and length without any key.
+func Check(ct []byte) error {
+	if len(ct) == 0 {
+		return fmt.Errorf("%w: empty ciphertext", ErrMalformed)
+	}
+	if ct[0] != Version1 {
+		return fmt.Errorf("%w: ciphertext version %d", ErrVersion, ct[0])
+	}
+	if len(ct) > MaxCiphertext {
+		return fmt.Errorf("%w: ciphertext is %d bytes, max %d", ErrTooLarge, len(ct), MaxCiphertext)
+	}
+	if len(ct) < MinCiphertext {
+		return fmt.Errorf("%w: ciphertext is %d bytes, min %d", ErrMalformed, len(ct), MinCiphertext)
+	}
+	return nil
+}
+
+// Open checks and decrypts ct.
+func Open(aead cipher.AEAD, ct, aad []byte) ([]byte, error) {
+	if err := Check(ct); err != nil {
+		return nil, err
+	}
+	pt, err := aead.Open(nil, ct[1:1+NonceSize], ct[1+NonceSize:], aad)
+	if err != nil {
+		return nil, ErrAuthFailed
+	}
+	return pt, nil
+}
+
+// EncodeKEK encodes a wrapped local KEK for the annotation.
+func EncodeKEK(rootKeyID string, rootCT []byte) ([]byte, error) {
+	if len(rootKeyID) == 0 || len(rootKeyID) > MaxKeyID {
+		return nil, fmt.Errorf("%w: root key_id is %d bytes, want 1..%d", ErrTooLarge, len(rootKeyID), MaxKeyID)
+	}
+	if len(rootCT) == 0 || len(rootCT) > MaxRootCT {
+		return nil, fmt.Errorf("%w: root ciphertext is %d bytes, want 1..%d", ErrTooLarge, len(rootCT), MaxRootCT)
+	}
+	b := make([]byte, 0, 1+2+len(rootKeyID)+2+len(rootCT))
+	b = append(b, Version1)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(rootKeyID)))
+	b = append(b, rootKeyID...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(rootCT)))
+	return append(b, rootCT...), nil
+}
+
+// DecodeKEK decodes a wrapped local KEK annotation. The returned slice
+// aliases b.
+func DecodeKEK(b []byte) (rootKeyID string, rootCT []byte, err error) {
+	if len(b) == 0 {
+		return "", nil, fmt.Errorf("%w: empty KEK annotation", ErrMalformed)
+	}
+	if b[0] != Version1 {
+		return "", nil, fmt.Errorf("%w: KEK annotation version %d", ErrVersion, b[0])
+	}
+	if len(b) > MaxAnnotation {
+		return "", nil, fmt.Errorf("%w: KEK annotation is %d bytes, max %d", ErrTooLarge, len(b), MaxAnnotation)
+	}
+	rest := b[annotationHead:]
+	id, rest, ok := field(rest, MaxKeyID)
+	if !ok {
+		return "", nil, fmt.Errorf("%w: KEK annotation key_id field", ErrMalformed)
+	}
+	ct, rest, ok := field(rest, MaxRootCT)
+	if !ok {
+		return "", nil, fmt.Errorf("%w: KEK annotation ciphertext field", ErrMalformed)
+	}
+	if len(rest) != 0 {
+		return "", nil, fmt.Errorf("%w: %d trailing bytes in KEK annotation", ErrMalformed, len(rest))
+	}
+	return string(id), ct, nil
+}
+
+// field reads a u16-length-prefixed, non-empty field of at most max bytes.
+func field(b []byte, max int) (val, rest []byte, ok bool) {
+	if len(b) < 2 {
+		return nil, nil, false
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	if n == 0 || n > max || n > len(b) {
+		return nil, nil, false
+	}
+	return b[:n], b[n:], true
+}

@@ -1,0 +1,448 @@
+// Package kms implements the KMS v2 service kube-apiserver calls.
+//
+// Encrypt seals the apiserver's DEK seed with an in-memory local KEK; the
+// local KEK, wrapped once by the root keystore, travels back in an
+// annotation. Decrypt unwraps each distinct local KEK once (a bounded LRU and
+// singleflight in front of the keystore), so the keystore stays off the hot
+// path. Status and health read a check that a background loop refreshes; no
+// poll ever reaches the keystore.
+package kms
+
+import (
+	"bytes"
+	"context"
+	"crypto/cipher"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sync/singleflight"
+	"k8s.io/kms/pkg/service"
+
+	"github.com/keywarden/keywarden/keystore"
+	"github.com/keywarden/keywarden/kms/envelope"
+	"github.com/keywarden/keywarden/metrics"
+)
+
+var _ service.Service = (*Service)(nil)
+
+// Defaults for Config's zero fields.
+const (
+	DefaultCheckInterval   = 5 * time.Second
+	DefaultKeystoreTimeout = 10 * time.Second
+	DefaultGrace           = 5 * time.Minute
+	DefaultKEKMaxUses      = 1 << 20
+	DefaultKEKMaxAge       = 7 * 24 * time.Hour
+	DefaultCacheSize       = 1024
+	// maxKEKUses stays far below the 2^32 random-nonce limit of AES-GCM.
+	maxKEKUses = 1 << 30
+)
+
+// Config configures a Service. Backend is required; zero fields get defaults.
+type Config struct {
+	Backend keystore.Backend
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
+	// CheckInterval is how often the keystore is checked: the root key_id
+	// read, a rotation noticed, health refreshed.
+	CheckInterval time.Duration
+	// KeystoreTimeout bounds every keystore call.
+	KeystoreTimeout time.Duration
+	// Grace is how long the keystore may fail checks, while a local KEK is
+	// in hand, before Status reports unhealthy.
+	Grace time.Duration
+	// KEKMaxUses and KEKMaxAge bound one local KEK's life.
+	KEKMaxUses uint64
+	KEKMaxAge  time.Duration
+	// CacheSize bounds the unwrapped local KEKs kept for Decrypt.
+	CacheSize int
+	// StateFile, if set, keeps the current wrapped local KEK across
+	// restarts, so a restart adds no new KEK for the next cold start to
+	// unwrap.
+	StateFile string
+	// Now and Rand are injected by tests.
+	Now  func() time.Time
+	Rand io.Reader
+}
+
+// Service implements k8s.io/kms/pkg/service.Service.
+type Service struct {
+	cfg     Config
+	log     *slog.Logger
+	backend string
+
+	cur   atomic.Pointer[kek]
+	cache *lru.Cache[string, *kek]
+	group singleflight.Group
+
+	mintMu    sync.Mutex // serialises making a new current KEK
+	health    atomic.Pointer[health]
+	lastOK    atomic.Int64 // unix nanos of the last successful check
+	savedUses atomic.Uint64
+}
+
+// kek is one unwrapped local KEK.
+type kek struct {
+	aead       cipher.AEAD
+	annotation []byte // the wrapped form, as sent in the annotation
+	rootKeyID  string
+	aad        []byte // envelope.AAD(rootKeyID, annotation), fixed per KEK
+	created    time.Time
+	uses       atomic.Uint64
+}
+
+type health struct {
+	ok     bool
+	reason string
+}
+
+// New makes a Service and runs its first keystore check. A keystore that
+// does not answer yet is not an error: the Service starts unhealthy and
+// Run keeps trying.
+func New(ctx context.Context, cfg Config) (*Service, error) {
+	if cfg.Backend == nil {
+		return nil, errors.New("kms: Config.Backend is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.CheckInterval <= 0 {
+		cfg.CheckInterval = DefaultCheckInterval
+	}
+	if cfg.KeystoreTimeout <= 0 {
+		cfg.KeystoreTimeout = DefaultKeystoreTimeout
+	}
+	if cfg.Grace < 0 {
+		cfg.Grace = 0
+	} else if cfg.Grace == 0 {
+		cfg.Grace = DefaultGrace
+	}
+	if cfg.KEKMaxUses == 0 {
+		cfg.KEKMaxUses = DefaultKEKMaxUses
+	}
+	cfg.KEKMaxUses = min(cfg.KEKMaxUses, maxKEKUses)
+	if cfg.KEKMaxAge <= 0 {
+		cfg.KEKMaxAge = DefaultKEKMaxAge
+	}
+	if cfg.CacheSize <= 0 {
+		cfg.CacheSize = DefaultCacheSize
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	cache, err := lru.New[string, *kek](cfg.CacheSize)
+	if err != nil {
+		return nil, fmt.Errorf("kms: %w", err)
+	}
+	s := &Service{cfg: cfg, log: cfg.Logger, backend: cfg.Backend.Name(), cache: cache}
+	s.health.Store(&health{reason: "starting"})
+	s.Check(ctx)
+	return s, nil
+}
+
+// Run re-checks the keystore every CheckInterval until ctx ends.
+func (s *Service) Run(ctx context.Context) {
+	t := time.NewTicker(s.cfg.CheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.Check(ctx)
+		}
+	}
+}
+
+// Healthy reports the cached health: ok, or a short reason.
+func (s *Service) Healthy() (bool, string) {
+	h := s.health.Load()
+	return h.ok, h.reason
+}
+
+// Status implements service.Service. It never calls the keystore.
+func (s *Service) Status(context.Context) (*service.StatusResponse, error) {
+	h := s.health.Load()
+	resp := &service.StatusResponse{Version: "v2", Healthz: "ok"}
+	if !h.ok {
+		resp.Healthz = h.reason
+	}
+	// key_id comes from the same KEK that Encrypt uses, so the two agree.
+	if k := s.cur.Load(); k != nil {
+		resp.KeyID = k.rootKeyID
+	}
+	return resp, nil
+}
+
+// Encrypt implements service.Service.
+func (s *Service) Encrypt(ctx context.Context, _ string, pt []byte) (*service.EncryptResponse, error) {
+	if len(pt) == 0 || len(pt) > envelope.MaxPlaintext {
+		return nil, toStatus(fmt.Errorf("%w: plaintext is %d bytes, want 1..%d", errInvalidRequest, len(pt), envelope.MaxPlaintext))
+	}
+	k := s.cur.Load()
+	if k == nil {
+		return nil, toStatus(errNoKEK)
+	}
+	if reason := s.due(k); reason != "" {
+		k = s.renew(ctx, k, reason)
+	}
+	k.uses.Add(1)
+	ct, err := envelope.Seal(k.aead, s.cfg.Rand, pt, k.aad)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &service.EncryptResponse{
+		Ciphertext:  ct,
+		KeyID:       k.rootKeyID,
+		Annotations: map[string][]byte{envelope.AnnotationKey: k.annotation},
+	}, nil
+}
+
+// Decrypt implements service.Service.
+func (s *Service) Decrypt(ctx context.Context, _ string, req *service.DecryptRequest) ([]byte, error) {
+	pt, err := s.decrypt(ctx, req)
+	return pt, toStatus(err)
+}
+
+func (s *Service) decrypt(ctx context.Context, req *service.DecryptRequest) ([]byte, error) {
+	if req == nil {
+		return nil, fmt.Errorf("%w: empty request", errInvalidRequest)
+	}
+	if len(req.KeyID) == 0 || len(req.KeyID) > envelope.MaxKeyID {
+		return nil, fmt.Errorf("%w: key_id is %d bytes, want 1..%d", errInvalidRequest, len(req.KeyID), envelope.MaxKeyID)
+	}
+	if err := envelope.Check(req.Ciphertext); err != nil {
+		return nil, err
+	}
+	ann, err := kekAnnotation(req.Annotations)
+	if err != nil {
+		return nil, err
+	}
+	k, err := s.kekFor(ctx, ann, req.KeyID)
+	if err != nil {
+		return nil, err
+	}
+	return envelope.Open(k.aead, req.Ciphertext, k.aad)
+}
+
+// kekAnnotation returns our one annotation. Anything else is refused: we
+// never send other annotations, so their presence means the request was not
+// made from our response.
+func kekAnnotation(anns map[string][]byte) ([]byte, error) {
+	ann, ok := anns[envelope.AnnotationKey]
+	if !ok {
+		return nil, fmt.Errorf("%w: annotation %s is missing", errInvalidRequest, envelope.AnnotationKey)
+	}
+	if len(anns) != 1 {
+		return nil, fmt.Errorf("%w: %d annotations, want only %s", errInvalidRequest, len(anns), envelope.AnnotationKey)
+	}
+	if len(ann) > envelope.MaxAnnotation {
+		return nil, fmt.Errorf("%w: annotation %s is %d bytes, max %d", envelope.ErrTooLarge, envelope.AnnotationKey, len(ann), envelope.MaxAnnotation)
+	}
+	return ann, nil
+}
+
+// kekFor returns the unwrapped local KEK for an annotation: from the cache,
+// or through one keystore call shared by every concurrent caller.
+func (s *Service) kekFor(ctx context.Context, ann []byte, keyID string) (*kek, error) {
+	if k, ok := s.cache.Get(string(ann)); ok {
+		if k.rootKeyID != keyID {
+			return nil, fmt.Errorf("%w: key_id does not match the wrapped KEK", errInvalidRequest)
+		}
+		s.cfg.Metrics.CacheHit()
+		return k, nil
+	}
+	rootID, rootCT, err := envelope.DecodeKEK(ann)
+	if err != nil {
+		return nil, err
+	}
+	if rootID != keyID {
+		return nil, fmt.Errorf("%w: key_id does not match the wrapped KEK", errInvalidRequest)
+	}
+	s.cfg.Metrics.CacheMiss()
+	key := string(ann)
+	ch := s.group.DoChan(key, func() (any, error) {
+		// Detached from the first caller: others may be waiting on the
+		// same KEK with longer deadlines.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.KeystoreTimeout)
+		defer cancel()
+		return s.unwrapKEK(cctx, bytes.Clone(ann), rootID, rootCT, time.Time{})
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*kek), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// unwrapKEK asks the keystore for a local KEK and caches it.
+func (s *Service) unwrapKEK(ctx context.Context, ann []byte, rootID string, rootCT []byte, created time.Time) (*kek, error) {
+	start := time.Now()
+	key, err := s.cfg.Backend.Unwrap(ctx, keystore.Wrapped{KeyID: rootID, Ciphertext: rootCT}, envelope.RootAAD())
+	s.cfg.Metrics.ObserveKeystore(s.backend, "unwrap", class(err), time.Since(start))
+	if err != nil {
+		return nil, fmt.Errorf("unwrap local KEK under root key %q: %w", rootID, err)
+	}
+	k, err := newKEK(key, ann, rootID, created)
+	clear(key)
+	if err != nil {
+		return nil, err
+	}
+	s.cache.Add(string(ann), k)
+	s.cfg.Metrics.SetCacheSize(s.cache.Len())
+	return k, nil
+}
+
+func newKEK(key, ann []byte, rootID string, created time.Time) (*kek, error) {
+	a, err := envelope.NewAEAD(key)
+	if err != nil {
+		return nil, fmt.Errorf("%w: keystore returned a local KEK of %d bytes", keystore.ErrInvalid, len(key))
+	}
+	return &kek{aead: a, annotation: ann, rootKeyID: rootID, aad: envelope.AAD(rootID, ann), created: created}, nil
+}
+
+// due says why k must be replaced, or "".
+func (s *Service) due(k *kek) string {
+	switch {
+	case k.uses.Load() >= s.cfg.KEKMaxUses:
+		return "max_uses"
+	case s.cfg.Now().Sub(k.created) >= s.cfg.KEKMaxAge:
+		return "max_age"
+	}
+	return ""
+}
+
+// renew replaces k, unless another caller already did. If the keystore
+// cannot make a new KEK, k stays in use: the bounds are policy, and the
+// control plane must keep writing.
+func (s *Service) renew(ctx context.Context, k *kek, reason string) *kek {
+	s.mintMu.Lock()
+	defer s.mintMu.Unlock()
+	if cur := s.cur.Load(); cur != k {
+		return cur
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.KeystoreTimeout)
+	defer cancel()
+	nk, err := s.mint(cctx, reason)
+	if err != nil {
+		s.log.Warn("local KEK is past its bound but a new one could not be made; still using it",
+			"reason", reason, "error", err)
+		return k
+	}
+	return nk
+}
+
+// mint makes, wraps and installs a new current local KEK. Callers hold mintMu.
+func (s *Service) mint(ctx context.Context, reason string) (*kek, error) {
+	key := make([]byte, envelope.KEKSize)
+	defer clear(key)
+	if _, err := io.ReadFull(s.cfg.Rand, key); err != nil {
+		return nil, fmt.Errorf("read random KEK: %w", err)
+	}
+	start := time.Now()
+	w, err := s.cfg.Backend.Wrap(ctx, key, envelope.RootAAD())
+	s.cfg.Metrics.ObserveKeystore(s.backend, "wrap", class(err), time.Since(start))
+	if err != nil {
+		return nil, fmt.Errorf("wrap new local KEK: %w", err)
+	}
+	ann, err := envelope.EncodeKEK(w.KeyID, w.Ciphertext)
+	if err != nil {
+		return nil, fmt.Errorf("%w: keystore returned an unusable wrapped KEK: %v", keystore.ErrInvalid, err)
+	}
+	k, err := newKEK(key, ann, w.KeyID, s.cfg.Now())
+	if err != nil {
+		return nil, err
+	}
+	s.install(k, reason)
+	s.saveState(k)
+	return k, nil
+}
+
+func (s *Service) install(k *kek, reason string) {
+	s.cache.Add(string(k.annotation), k)
+	s.cur.Store(k)
+	s.savedUses.Store(k.uses.Load())
+	s.cfg.Metrics.SetCacheSize(s.cache.Len())
+	s.cfg.Metrics.KEKGenerated(reason, k.created)
+	s.cfg.Metrics.SetKEKUses(k.uses.Load())
+	s.cfg.Metrics.SetRootKey(s.backend, k.rootKeyID)
+	s.log.Info("new local KEK in use", "reason", reason, "root_key_id", k.rootKeyID, "created", k.created.UTC().Format(time.RFC3339))
+}
+
+// Check reads the root key_id, replaces the local KEK when the root key
+// rotated or the KEK is past its bounds, and refreshes health. Run calls it
+// every CheckInterval; it is exported for tests and tools.
+func (s *Service) Check(ctx context.Context) {
+	err := s.check(ctx)
+	now := s.cfg.Now()
+	if err == nil {
+		s.lastOK.Store(now.UnixNano())
+	}
+	h := &health{ok: true, reason: "ok"}
+	cur := s.cur.Load()
+	switch {
+	case cur == nil:
+		h = &health{reason: "no local KEK: keystore " + class(err)}
+	case err != nil:
+		last := time.Unix(0, s.lastOK.Load())
+		if s.lastOK.Load() == 0 || now.Sub(last) >= s.cfg.Grace {
+			h = &health{reason: "keystore " + class(err) + " since " + last.UTC().Format(time.RFC3339)}
+		}
+	}
+	if err != nil {
+		s.log.Warn("keystore check failed", "error", err, "healthy", h.ok)
+	}
+	s.health.Store(h)
+	s.cfg.Metrics.SetHealth(h.ok, err == nil, time.Unix(0, s.lastOK.Load()))
+	if cur != nil {
+		uses := cur.uses.Load()
+		s.cfg.Metrics.SetKEKUses(uses)
+		if uses != s.savedUses.Load() {
+			s.saveState(cur)
+		}
+	}
+}
+
+func (s *Service) check(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.KeystoreTimeout)
+	defer cancel()
+	start := time.Now()
+	kid, err := s.cfg.Backend.KeyID(cctx)
+	s.cfg.Metrics.ObserveKeystore(s.backend, "key_id", class(err), time.Since(start))
+	if err != nil {
+		return fmt.Errorf("read root key_id: %w", err)
+	}
+	s.mintMu.Lock()
+	defer s.mintMu.Unlock()
+	cur := s.cur.Load()
+	var reason string
+	switch {
+	case cur == nil:
+		if s.adoptState(cctx, kid) {
+			return nil
+		}
+		reason = "startup"
+	case cur.rootKeyID != kid:
+		reason = "root_rotation"
+	default:
+		reason = s.due(cur)
+	}
+	if reason == "" {
+		return nil
+	}
+	_, err = s.mint(cctx, reason)
+	return err
+}

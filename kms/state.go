@@ -1,0 +1,78 @@
+package kms
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/atomicfile"
+	"github.com/keywarden/keywarden/kms/envelope"
+)
+
+// stateV1 is the state file: the current local KEK in its wrapped form only.
+// It holds nothing secret: without the root key it is just ciphertext.
+type stateV1 struct {
+	Version    int       `json:"version"`
+	Annotation []byte    `json:"annotation"`
+	Created    time.Time `json:"created"`
+	Uses       uint64    `json:"uses"`
+}
+
+const maxStateSize = 64 << 10
+
+// adoptState reuses the KEK in the state file if it was wrapped under the
+// current root key and is within its bounds. Callers hold mintMu.
+func (s *Service) adoptState(ctx context.Context, rootKeyID string) bool {
+	if s.cfg.StateFile == "" {
+		return false
+	}
+	b, err := os.ReadFile(s.cfg.StateFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	if err != nil || len(b) > maxStateSize {
+		s.log.Warn("ignoring unreadable state file", "path", s.cfg.StateFile, "error", err)
+		return false
+	}
+	var st stateV1
+	if err := json.Unmarshal(b, &st); err != nil || st.Version != 1 {
+		s.log.Warn("ignoring malformed state file", "path", s.cfg.StateFile)
+		return false
+	}
+	id, ct, err := envelope.DecodeKEK(st.Annotation)
+	if err != nil || id != rootKeyID {
+		return false // made under another root version: mint anew
+	}
+	if st.Uses >= s.cfg.KEKMaxUses || s.cfg.Now().Sub(st.Created) >= s.cfg.KEKMaxAge {
+		return false
+	}
+	k, err := s.unwrapKEK(ctx, st.Annotation, id, ct, st.Created)
+	if err != nil {
+		s.log.Warn("state file KEK did not unwrap; making a new one", "error", err)
+		return false
+	}
+	k.uses.Store(st.Uses)
+	s.install(k, "state")
+	return true
+}
+
+// saveState records k. Failing to save costs only an extra KEK at the next
+// start, so it is logged, not returned.
+func (s *Service) saveState(k *kek) {
+	if s.cfg.StateFile == "" {
+		return
+	}
+	uses := k.uses.Load()
+	b, err := json.Marshal(stateV1{Version: 1, Annotation: k.annotation, Created: k.created, Uses: uses})
+	if err == nil {
+		err = atomicfile.Write(s.cfg.StateFile, b, 0o600)
+	}
+	if err != nil {
+		s.log.Warn("could not save state file", "path", s.cfg.StateFile, "error", err)
+		return
+	}
+	s.savedUses.Store(uses)
+}

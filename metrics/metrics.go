@@ -1,0 +1,220 @@
+// Package metrics holds keywarden's Prometheus collectors and its HTTP
+// endpoints: /metrics, /healthz (liveness) and /readyz (the same health
+// truth that KMS Status reports).
+//
+// Every metric is prefixed keywarden_, durations are in seconds, and no label
+// takes an unbounded value: key IDs appear only as a short hash.
+package metrics
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"sync"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Namespace prefixes every metric name.
+const Namespace = "keywarden"
+
+// Buckets for KMS RPCs and keystore calls: from 50 µs (a warm Decrypt) to
+// 10 s (a keystore timeout).
+var latencyBuckets = []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// Metrics holds every collector keywarden exports. The zero value is not
+// usable; a nil *Metrics is, and records nothing (for tests and tools).
+type Metrics struct {
+	Registry *prometheus.Registry
+	// GRPC provides the server interceptors: per-RPC counts and latency by
+	// method and code.
+	GRPC *grpcprom.ServerMetrics
+
+	keystoreSeconds *prometheus.HistogramVec
+	cacheHits       prometheus.Counter
+	cacheMisses     prometheus.Counter
+	cacheSize       prometheus.Gauge
+	kekGenerations  *prometheus.CounterVec
+	kekUses         prometheus.Gauge
+	kekAge          prometheus.Gauge
+	rootKeyInfo     *prometheus.GaugeVec
+	lastCheck       prometheus.Gauge
+	healthy         prometheus.Gauge
+	keystoreUp      prometheus.Gauge
+	buildInfo       *prometheus.GaugeVec
+
+	mu      sync.Mutex
+	rootKey [2]string // backend, hash currently exported
+	kekMade time.Time
+}
+
+// New registers every collector, plus the Go and process collectors, on a
+// fresh registry.
+func New() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		GRPC: grpcprom.NewServerMetrics(
+			grpcprom.WithServerCounterOptions(grpcprom.WithNamespace(Namespace)),
+			grpcprom.WithServerHandlingTimeHistogram(
+				grpcprom.WithHistogramNamespace(Namespace),
+				grpcprom.WithHistogramBuckets(latencyBuckets),
+			),
+		),
+		keystoreSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Subsystem: "keystore", Name: "operation_duration_seconds",
+			Help:    "Latency of calls to the root keystore, by backend, operation and result class.",
+			Buckets: latencyBuckets,
+		}, []string{"backend", "op", "result"}),
+		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "kek_cache", Name: "hits_total",
+			Help: "Decrypts whose local KEK was already unwrapped in memory.",
+		}),
+		cacheMisses: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "kek_cache", Name: "misses_total",
+			Help: "Decrypts that had to unwrap their local KEK through the keystore (concurrent misses for one KEK count once each).",
+		}),
+		cacheSize: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "kek_cache", Name: "entries",
+			Help: "Unwrapped local KEKs held in memory.",
+		}),
+		kekGenerations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "kek", Name: "generations_total",
+			Help: "Local KEKs made or adopted, by reason (startup, state, root_rotation, max_uses, max_age).",
+		}, []string{"reason"}),
+		kekUses: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "kek", Name: "uses",
+			Help: "Encrypts sealed with the current local KEK.",
+		}),
+		kekAge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "kek", Name: "created_timestamp_seconds",
+			Help: "When the current local KEK was made (Unix seconds).",
+		}),
+		rootKeyInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "root_key", Name: "info",
+			Help: "The current root key version: key_id_hash is the first 16 hex digits of SHA-256(key_id), as kube-apiserver hashes it.",
+		}, []string{"backend", "key_id_hash"}),
+		lastCheck: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "keystore", Name: "last_success_timestamp_seconds",
+			Help: "When the keystore last answered a health check (Unix seconds).",
+		}),
+		healthy: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "healthy",
+			Help: "1 when Status reports healthz ok, else 0.",
+		}),
+		keystoreUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "keystore", Name: "up",
+			Help: "1 when the last keystore health check succeeded, else 0.",
+		}),
+		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "build_info",
+			Help: "Always 1; labels carry the version.",
+		}, []string{"version"}),
+	}
+	m.Registry.MustRegister(
+		m.GRPC, m.keystoreSeconds, m.cacheHits, m.cacheMisses, m.cacheSize,
+		m.kekGenerations, m.kekUses, m.kekAge, m.rootKeyInfo, m.lastCheck, m.healthy, m.keystoreUp, m.buildInfo,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	for _, r := range []string{"startup", "state", "root_rotation", "max_uses", "max_age"} {
+		m.kekGenerations.WithLabelValues(r)
+	}
+	return m
+}
+
+// HashKeyID is the label form of a key_id.
+func HashKeyID(keyID string) string {
+	s := sha256.Sum256([]byte(keyID))
+	return hex.EncodeToString(s[:8])
+}
+
+// SetVersion records the build version.
+func (m *Metrics) SetVersion(v string) {
+	if m == nil {
+		return
+	}
+	m.buildInfo.WithLabelValues(v).Set(1)
+}
+
+// ObserveKeystore records one keystore call. result is a fixed class name.
+func (m *Metrics) ObserveKeystore(backend, op, result string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.keystoreSeconds.WithLabelValues(backend, op, result).Observe(d.Seconds())
+}
+
+// CacheHit counts a Decrypt served by an in-memory KEK.
+func (m *Metrics) CacheHit() {
+	if m != nil {
+		m.cacheHits.Inc()
+	}
+}
+
+// CacheMiss counts a Decrypt that needed the keystore.
+func (m *Metrics) CacheMiss() {
+	if m != nil {
+		m.cacheMisses.Inc()
+	}
+}
+
+// SetCacheSize records the number of cached KEKs.
+func (m *Metrics) SetCacheSize(n int) {
+	if m != nil {
+		m.cacheSize.Set(float64(n))
+	}
+}
+
+// KEKGenerated counts a new current local KEK.
+func (m *Metrics) KEKGenerated(reason string, created time.Time) {
+	if m == nil {
+		return
+	}
+	m.kekGenerations.WithLabelValues(reason).Inc()
+	m.kekAge.Set(float64(created.Unix()))
+	m.kekUses.Set(0)
+}
+
+// SetKEKUses records how many Encrypts the current KEK has sealed.
+func (m *Metrics) SetKEKUses(n uint64) {
+	if m != nil {
+		m.kekUses.Set(float64(n))
+	}
+}
+
+// SetRootKey exports the current root key version as a hashed label.
+func (m *Metrics) SetRootKey(backend, keyID string) {
+	if m == nil {
+		return
+	}
+	h := HashKeyID(keyID)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.rootKey == [2]string{backend, h} {
+		return
+	}
+	m.rootKeyInfo.Reset()
+	m.rootKeyInfo.WithLabelValues(backend, h).Set(1)
+	m.rootKey = [2]string{backend, h}
+}
+
+// SetHealth records the outcome of a health check.
+func (m *Metrics) SetHealth(healthy, keystoreUp bool, lastSuccess time.Time) {
+	if m == nil {
+		return
+	}
+	m.healthy.Set(b2f(healthy))
+	m.keystoreUp.Set(b2f(keystoreUp))
+	if !lastSuccess.IsZero() {
+		m.lastCheck.Set(float64(lastSuccess.Unix()))
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
