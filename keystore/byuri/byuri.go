@@ -32,6 +32,24 @@ func Open(ctx context.Context, uri string) (keystore.Backend, error) {
 	}
 }
 
+// Init creates a new keystore with one primary root key version, for
+// kmsctl keys init. It refuses to overwrite an existing one.
+func Init(ctx context.Context, uri string) (keystore.KeyVersion, error) {
+	scheme, _, _ := strings.Cut(uri, ":")
+	switch scheme {
+	case "file":
+		p, err := FilePath(uri)
+		if err != nil {
+			return keystore.KeyVersion{}, err
+		}
+		return file.Init(p)
+	case "pkcs11":
+		return initPKCS11(ctx, uri)
+	default:
+		return keystore.KeyVersion{}, fmt.Errorf("%w: keystore scheme %q has no init: create the key in the provider and point --keystore at it", keystore.ErrConfig, scheme)
+	}
+}
+
 // FilePath returns the keyset path of a file:// URI.
 func FilePath(uri string) (string, error) {
 	u, err := url.Parse(uri)

@@ -1,0 +1,261 @@
+// Command keywarden is a Kubernetes KMS v2 plugin. kube-apiserver reaches it
+// over a unix socket; it wraps DEK seeds under a local KEK, itself wrapped by
+// a root key in a pluggable keystore.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	kmsapi "k8s.io/kms/apis/v2"
+	"k8s.io/kms/pkg/service"
+
+	"github.com/keywarden/keywarden/keystore/byuri"
+	"github.com/keywarden/keywarden/kms"
+	"github.com/keywarden/keywarden/metrics"
+)
+
+// version is stamped at build time: -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+// maxMsgSize caps gRPC messages. A KMS v2 DecryptRequest is at most about
+// 34 kB (1 kB ciphertext, 1 kB key_id, 32 kB annotations).
+const maxMsgSize = 256 << 10
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "keywarden:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	listen          string
+	keystore        string
+	metricsAddr     string
+	checkInterval   time.Duration
+	keystoreTimeout time.Duration
+	grace           time.Duration
+	kekMaxUses      uint64
+	kekMaxAge       time.Duration
+	cacheSize       int
+	stateFile       string
+	shutdownTimeout time.Duration
+	logFormat       string
+	logLevel        string
+	version         bool
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("keywarden", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.listen, "listen", "unix:///run/keywarden/kms.sock", "KMS v2 socket, unix:///absolute/path; its directory is made 0700, the socket 0600")
+	fs.StringVar(&o.keystore, "keystore", "", "root keystore URI: file:///etc/keywarden/keyset.json, pkcs11:token=…;object=…?module-path=…&pin-source=file:…")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:8095", "address for /metrics, /healthz, /livez, /readyz (empty disables)")
+	fs.DurationVar(&o.checkInterval, "check-interval", kms.DefaultCheckInterval, "how often the keystore is checked (root key_id, health)")
+	fs.DurationVar(&o.keystoreTimeout, "keystore-timeout", kms.DefaultKeystoreTimeout, "timeout of every keystore call")
+	fs.DurationVar(&o.grace, "keystore-grace", kms.DefaultGrace, "how long the keystore may fail checks, while a local KEK is in hand, before Status turns unhealthy")
+	fs.Uint64Var(&o.kekMaxUses, "kek-max-uses", kms.DefaultKEKMaxUses, "Encrypts one local KEK may seal before a new one is made")
+	fs.DurationVar(&o.kekMaxAge, "kek-max-age", kms.DefaultKEKMaxAge, "age after which a new local KEK is made")
+	fs.IntVar(&o.cacheSize, "kek-cache-size", kms.DefaultCacheSize, "unwrapped local KEKs kept in memory for Decrypt")
+	fs.StringVar(&o.stateFile, "state-file", "", "keep the current wrapped local KEK here so restarts reuse it (optional)")
+	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight RPCs")
+	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	return o, nil
+}
+
+func newLogger(o *options, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	ho := &slog.HandlerOptions{Level: level}
+	switch o.logFormat {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, ho)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, ho)), nil
+	default:
+		return nil, fmt.Errorf("--log-format must be json or text, not %q", o.logFormat)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	if o.version {
+		fmt.Fprintln(stdout, "keywarden", version)
+		return nil
+	}
+	if o.keystore == "" {
+		return errors.New("--keystore is required (e.g. file:///etc/keywarden/keyset.json)")
+	}
+	log, err := newLogger(o, stderr)
+	if err != nil {
+		return err
+	}
+	sockPath, err := socketPath(o.listen)
+	if err != nil {
+		return err
+	}
+
+	backend, err := byuri.Open(ctx, o.keystore)
+	if err != nil {
+		return fmt.Errorf("open keystore: %w", err)
+	}
+	defer backend.Close()
+
+	m := metrics.New()
+	m.SetVersion(version)
+	svc, err := kms.New(ctx, kms.Config{
+		Backend:         backend,
+		Metrics:         m,
+		Logger:          log,
+		CheckInterval:   o.checkInterval,
+		KeystoreTimeout: o.keystoreTimeout,
+		Grace:           o.grace,
+		KEKMaxUses:      o.kekMaxUses,
+		KEKMaxAge:       o.kekMaxAge,
+		CacheSize:       o.cacheSize,
+		StateFile:       o.stateFile,
+	})
+	if err != nil {
+		return err
+	}
+	if ok, reason := svc.Healthy(); !ok {
+		log.Warn("starting unhealthy; will keep checking the keystore", "reason", reason)
+	}
+
+	ln, err := listenUnix(sockPath, log)
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer(
+		grpc.MaxRecvMsgSize(maxMsgSize),
+		grpc.MaxSendMsgSize(maxMsgSize),
+		grpc.ChainUnaryInterceptor(
+			m.GRPC.UnaryServerInterceptor(),
+			logRPC(log),
+			recovery.UnaryServerInterceptor(recovery.WithRecoveryHandler(func(p any) error {
+				log.Error("panic in RPC handler", "panic", fmt.Sprint(p))
+				return status.Error(codes.Internal, "internal error")
+			})),
+		),
+	)
+	kmsapi.RegisterKeyManagementServiceServer(srv, service.NewGRPCService(sockPath, o.keystoreTimeout, svc))
+	m.GRPC.InitializeMetrics(srv)
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go svc.Run(runCtx)
+
+	var httpSrv *http.Server
+	httpErr := make(chan error, 1)
+	if o.metricsAddr != "" {
+		hl, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("listen on --metrics-addr: %w", err)
+		}
+		httpSrv = &http.Server{Handler: metrics.Handler(m, svc.Healthy), ReadHeaderTimeout: 5 * time.Second}
+		go func() { httpErr <- httpSrv.Serve(hl) }()
+		log.Info("serving metrics and health", "addr", hl.Addr().String())
+	}
+
+	grpcErr := make(chan error, 1)
+	go func() { grpcErr <- srv.Serve(ln) }()
+	log.Info("keywarden serving KMS v2", "version", version, "socket", sockPath, "keystore", backend.Name())
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: draining in-flight RPCs", "timeout", o.shutdownTimeout.String())
+	case serveErr = <-grpcErr:
+	case serveErr = <-httpErr:
+	}
+	drained := make(chan struct{})
+	go func() { srv.GracefulStop(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(o.shutdownTimeout):
+		log.Warn("shutdown timeout: closing remaining RPCs")
+		srv.Stop()
+	}
+	if httpSrv != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = httpSrv.Shutdown(sctx)
+		scancel()
+	}
+	_ = os.Remove(sockPath)
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) && !errors.Is(serveErr, grpc.ErrServerStopped) {
+		return serveErr
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// logRPC logs every RPC with the apiserver's request uid. Successes log at
+// debug (the cold-start storm would flood info), failures at warn, bugs at
+// error. Neither plaintext nor key bytes are ever in req's logged fields.
+func logRPC(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		level := slog.LevelDebug
+		code := status.Code(err)
+		switch {
+		case code == codes.Internal || code == codes.Unknown:
+			level = slog.LevelError
+		case err != nil:
+			level = slog.LevelWarn
+		}
+		if !log.Enabled(ctx, level) {
+			return resp, err
+		}
+		method := info.FullMethod[strings.LastIndexByte(info.FullMethod, '/')+1:]
+		attrs := []slog.Attr{
+			slog.String("method", method),
+			slog.String("code", code.String()),
+			slog.Duration("duration", time.Since(start)),
+		}
+		if u, ok := req.(interface{ GetUid() string }); ok && u.GetUid() != "" {
+			attrs = append(attrs, slog.String("uid", u.GetUid()))
+		}
+		if err != nil {
+			attrs = append(attrs, slog.String("error", status.Convert(err).Message()))
+		}
+		log.LogAttrs(ctx, level, "kms rpc", attrs...)
+		return resp, err
+	}
+}

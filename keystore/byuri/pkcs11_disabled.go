@@ -1,0 +1,22 @@
+//go:build nopkcs11
+
+package byuri
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/keywarden/keywarden/keystore"
+)
+
+var errNoPKCS11 = fmt.Errorf("%w: this build has no PKCS#11 support (built with -tags nopkcs11); use a keywarden binary built with cgo and without that tag", keystore.ErrConfig)
+
+func openPKCS11(context.Context, string) (keystore.Backend, error) {
+	return nil, errNoPKCS11
+}
+
+// InitPKCS11 creates the first root key version on the token a pkcs11: URI
+// names. This build has no PKCS#11 support, so it always fails.
+func InitPKCS11(context.Context, string) (keystore.KeyVersion, error) {
+	return keystore.KeyVersion{}, errNoPKCS11
+}
