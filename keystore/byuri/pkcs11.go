@@ -17,9 +17,6 @@ func openPKCS11(ctx context.Context, uri string) (keystore.Backend, error) {
 	return b, nil
 }
 
-// InitPKCS11 creates the first root key version on the token a pkcs11: URI
-// names (kmsctl keys init). It lives here so that callers need not import
-// the cgo package, which a nopkcs11 build leaves out.
-func InitPKCS11(ctx context.Context, uri string) (keystore.KeyVersion, error) {
+func initPKCS11(ctx context.Context, uri string) (keystore.KeyVersion, error) {
 	return pkcs11.Init(ctx, uri)
 }

@@ -15,8 +15,6 @@ func openPKCS11(context.Context, string) (keystore.Backend, error) {
 	return nil, errNoPKCS11
 }
 
-// InitPKCS11 creates the first root key version on the token a pkcs11: URI
-// names. This build has no PKCS#11 support, so it always fails.
-func InitPKCS11(context.Context, string) (keystore.KeyVersion, error) {
+func initPKCS11(context.Context, string) (keystore.KeyVersion, error) {
 	return keystore.KeyVersion{}, errNoPKCS11
 }
