@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Builds the real control plane the end-to-end tests run against:
+#   kube-apiserver, kubectl (k8s.io/kubernetes v1.37.2), etcd, etcdctl (v3.7.0)
+# into test/e2e/tools/bin/, from the pins in this folder's go.mod / go.sum.
+#
+# Cold build: several minutes and ~3 GB of Go build cache. To make fresh clones
+# cheap, a copy of the binaries is kept in
+#   ${KEYWARDEN_TOOLS_CACHE:-$HOME/.cache/keywarden/e2e-tools}/<key>/
+# where <key> is the sha256 of go.mod, go.sum and this script; when that copy
+# exists it is reused instead of building. KEYWARDEN_TOOLS_REBUILD=1 forces a build.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+
+K8S_VERSION=v1.37.2
+K8S_MAJOR=1
+K8S_MINOR=37
+ETCD_VERSION=3.7.0
+
+# name:package, built in this order, one at a time (2-core machine).
+TOOLS=(
+	"etcd:go.etcd.io/etcd/server/v3"
+	"etcdctl:go.etcd.io/etcd/etcdctl/v3"
+	"kubectl:k8s.io/kubernetes/cmd/kubectl"
+	"kube-apiserver:k8s.io/kubernetes/cmd/kube-apiserver"
+)
+
+log() { echo "e2e-tools: $*"; }
+
+# kubectl refuses a server whose version it cannot parse, and both sides read
+# these variables, so stamp them in both packages.
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+	ldflags+=" -X ${pkg}.gitVersion=${K8S_VERSION}"
+	ldflags+=" -X ${pkg}.gitMajor=${K8S_MAJOR}"
+	ldflags+=" -X ${pkg}.gitMinor=${K8S_MINOR}"
+	ldflags+=" -X ${pkg}.gitTreeState=clean"
+done
+
+key="$(cat go.mod go.sum build.sh | sha256sum | cut -c1-64)"
+cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
+cache_dir="${cache_root}/${key}"
+bin="${here}/bin"
+stamp="${bin}/.stamp"
+
+have_all() { # dir
+	local t
+	for t in "${TOOLS[@]}"; do [[ -x "$1/${t%%:*}" ]] || return 1; done
+}
+
+check() { # verify the binaries in bin/ run and report the pinned versions
+	local out
+	out="$("$bin/kube-apiserver" --version)"
+	[[ "$out" == "Kubernetes ${K8S_VERSION}" ]] || { log "kube-apiserver --version: '$out', want Kubernetes ${K8S_VERSION}"; return 1; }
+	out="$("$bin/kubectl" version --client)"
+	[[ "$out" == *"Client Version: ${K8S_VERSION}"* ]] || { log "kubectl version --client: '$out'"; return 1; }
+	out="$("$bin/etcd" --version)"
+	[[ "$out" == *"etcd Version: ${ETCD_VERSION}"* ]] || { log "etcd --version: '$out'"; return 1; }
+	out="$("$bin/etcdctl" version)"
+	[[ "$out" == *"etcdctl version: ${ETCD_VERSION}"* ]] || { log "etcdctl version: '$out'"; return 1; }
+	log "ok: kube-apiserver/kubectl ${K8S_VERSION}, etcd/etcdctl ${ETCD_VERSION} in ${bin}"
+}
+
+install_from() { # dir: copy binaries into bin/ (atomically per file) and stamp
+	local src="$1" t name
+	mkdir -p "$bin"
+	rm -f "$stamp"
+	for t in "${TOOLS[@]}"; do
+		name="${t%%:*}"
+		cp "$src/$name" "$bin/.$name.tmp"
+		mv -f "$bin/.$name.tmp" "$bin/$name"
+	done
+	echo "$key" >"$stamp"
+}
+
+if [[ "${KEYWARDEN_TOOLS_REBUILD:-0}" != 1 ]]; then
+	if [[ -f "$stamp" && "$(cat "$stamp")" == "$key" ]] && have_all "$bin"; then
+		log "up to date in ${bin} (key ${key:0:12})"
+		check
+		exit 0
+	fi
+	if have_all "$cache_dir"; then
+		log "reusing cached binaries from ${cache_dir}"
+		install_from "$cache_dir"
+		check
+		exit 0
+	fi
+	log "no cached binaries at ${cache_dir}: building"
+else
+	log "KEYWARDEN_TOOLS_REBUILD=1: building"
+fi
+
+export GOWORK=off CGO_ENABLED=0
+log "$(go version); GOFLAGS='$(go env GOFLAGS)'"
+mkdir -p "$bin"
+out="$(mktemp -d "${bin}/.build.XXXXXX")"
+trap 'rm -rf "$out"' EXIT
+start_all=$SECONDS
+for t in "${TOOLS[@]}"; do
+	name="${t%%:*}"
+	pkg="${t#*:}"
+	log "building ${name} (${pkg})"
+	start=$SECONDS
+	go build -trimpath -ldflags "$ldflags" -o "$out/$name" "$pkg"
+	log "built ${name} in $((SECONDS - start))s, $(du -h "$out/$name" | cut -f1)"
+done
+log "all built in $((SECONDS - start_all))s"
+
+install_from "$out"
+check
+
+# Publish to the cache: copy to a temp dir next to it, then rename, so a
+# half-written copy is never seen as complete.
+if mkdir -p "$cache_root" 2>/dev/null; then
+	# A directory there without all the binaries is a leftover: replace it.
+	have_all "$cache_dir" || rm -rf "$cache_dir"
+	tmp="$(mktemp -d "${cache_root}/.tmp.XXXXXX")"
+	for t in "${TOOLS[@]}"; do cp "$out/${t%%:*}" "$tmp/"; done
+	if mv -T "$tmp" "$cache_dir" 2>/dev/null; then
+		log "cached binaries in ${cache_dir}"
+	else
+		rm -rf "$tmp"
+		log "cache ${cache_dir} already present, left as is"
+	fi
+else
+	log "warning: cannot create ${cache_root}; binaries not cached"
+fi
