@@ -47,7 +47,6 @@ type Metrics struct {
 
 	mu      sync.Mutex
 	rootKey [2]string // backend, hash currently exported
-	kekMade time.Time
 }
 
 // New registers every collector, plus the Go and process collectors, on a

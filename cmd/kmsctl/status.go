@@ -60,7 +60,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 			defer cancel()
 			r, err := c.Status(ctx, &kmsapi.StatusRequest{})
 			if err != nil {
-				return fmt.Errorf("Status: %w", err)
+				return fmt.Errorf("calling Status: %w", err)
 			}
 			out := statusOut{r.Version, r.Healthz, r.KeyId}
 			if err := g.print(out, func(w *tabwriter.Writer) {
@@ -108,20 +108,20 @@ seed does not come back intact.`,
 			defer cancel()
 			st, err := c.Status(ctx, &kmsapi.StatusRequest{})
 			if err != nil {
-				return fmt.Errorf("Status: %w", err)
+				return fmt.Errorf("calling Status: %w", err)
 			}
 			seed := make([]byte, 32)
 			_, _ = rand.Read(seed)
 			t0 := time.Now()
 			enc, err := c.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed, Uid: "kmsctl-check"})
 			if err != nil {
-				return fmt.Errorf("Encrypt: %w", err)
+				return fmt.Errorf("calling Encrypt: %w", err)
 			}
 			encD := time.Since(t0)
 			t1 := time.Now()
 			dec, err := c.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: enc.KeyId, Annotations: enc.Annotations, Uid: "kmsctl-check"})
 			if err != nil {
-				return fmt.Errorf("Decrypt: %w", err)
+				return fmt.Errorf("calling Decrypt: %w", err)
 			}
 			out := checkOut{
 				StatusKeyID: st.KeyId, EncryptKeyID: enc.KeyId, Ciphertext: len(enc.Ciphertext),

@@ -62,7 +62,8 @@ type plugin struct {
 	metrics string
 	logs    *bytes.Buffer
 	client  kmsapi.KeyManagementServiceClient
-	done    chan error
+	exited  chan struct{} // closed when the process has exited
+	waitErr error         // valid after exited is closed
 }
 
 func freeAddr(t *testing.T) string {
@@ -81,7 +82,7 @@ func start(t *testing.T, keystore, sock string, extra ...string) *plugin {
 	if sock == "" {
 		sock = filepath.Join(t.TempDir(), "run", "kms.sock")
 	}
-	p := &plugin{sock: sock, metrics: freeAddr(t), logs: new(bytes.Buffer), done: make(chan error, 1)}
+	p := &plugin{sock: sock, metrics: freeAddr(t), logs: new(bytes.Buffer), exited: make(chan struct{})}
 	args := append([]string{"--listen", "unix://" + p.sock, "--keystore", keystore, "--metrics-addr", p.metrics,
 		"--check-interval", "1s", "--log-level", "debug"}, extra...)
 	p.cmd = exec.Command(filepath.Join(binDir, "keywarden"), args...)
@@ -90,11 +91,13 @@ func start(t *testing.T, keystore, sock string, extra ...string) *plugin {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { p.done <- p.cmd.Wait() }()
+	go func() { p.waitErr = p.cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
-		if p.cmd.ProcessState == nil {
+		select {
+		case <-p.exited:
+		default:
 			_ = p.cmd.Process.Kill()
-			<-p.done
+			<-p.exited
 		}
 	})
 	deadline := time.Now().Add(20 * time.Second)
@@ -258,9 +261,9 @@ func TestServerRoundTripAndRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-p.done:
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v", err)
+	case <-p.exited:
+		if p.waitErr != nil {
+			t.Fatalf("exit after SIGTERM: %v", p.waitErr)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("no exit 20 s after SIGTERM")
