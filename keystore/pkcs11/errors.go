@@ -83,13 +83,14 @@ type opError struct {
 
 func (e *opError) Error() string {
 	msg := e.err.Error()
-	if ck, ok := e.err.(p11.Error); ok {
-		switch {
-		case ck == ckrAEADDecryptFailed:
-			msg += "CKR_AEAD_DECRYPT_FAILED"
-		case strings.HasSuffix(msg, ": "):
-			msg += "unknown CKR code"
+	// miekg/pkcs11 leaves the name out for codes newer than its headers.
+	var ck p11.Error
+	if errors.As(e.err, &ck) && strings.HasSuffix(ck.Error(), ": ") {
+		name := "unknown CKR code"
+		if ck == ckrAEADDecryptFailed {
+			name = "CKR_AEAD_DECRYPT_FAILED"
 		}
+		msg = strings.Replace(msg, ck.Error(), ck.Error()+name, 1)
 	}
 	return e.fault.sentinel().Error() + ": PKCS#11 " + e.op + ": " + msg
 }

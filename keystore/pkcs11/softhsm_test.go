@@ -151,7 +151,7 @@ func newToken(tb testing.TB) testToken {
 			if err != nil {
 				return err
 			}
-			defer c.CloseSession(sh)
+			defer func() { _ = c.CloseSession(sh) }()
 			if err := c.Login(sh, p11.CKU_SO, testSOPIN); err != nil {
 				return fmt.Errorf("SO login: %w", err)
 			}
