@@ -46,9 +46,7 @@ unit:
 # Each fuzz target briefly, from its committed corpus (testdata/fuzz).
 FUZZTIME ?= 10s
 fuzz:
-	$(GO) test ./kms/envelope -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./kms/envelope -run '^$$' -fuzz '^FuzzDecodeKEK$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./kms -run '^$$' -fuzz '^FuzzDecrypt$$' -fuzztime $(FUZZTIME)
+	GO="$(GO)" FUZZTIME=$(FUZZTIME) hack/fuzz.sh
 
 lint: fmt vet golangci-lint vulncheck
 
