@@ -85,8 +85,8 @@ func (f *fakeEtcd) Get(_ context.Context, key string, opts ...clientv3.OpOption)
 
 func TestRunGolden(t *testing.T) {
 	kvs := goldenKVs(t)
-	kvs["/registry/secretsx/not-a-secret"] = []byte("k8s\x00")     // outside the prefix
-	kvs["/registry/pods/default/p"] = []byte("k8s\x00plain pod")    // not in scope
+	kvs["/registry/secretsx/not-a-secret"] = []byte("k8s\x00")   // outside the prefix
+	kvs["/registry/pods/default/p"] = []byte("k8s\x00plain pod") // not in scope
 	kvs["/registry/secrets/default/broken"] = []byte("k8s:enc:kms:v2:keywarden:\xff")
 	kvs["/registry/secrets/kube-system/junk"] = []byte("\x01junk")
 	scopes, err := Scopes("/registry", []string{"secrets", "configmaps"})
