@@ -1,0 +1,204 @@
+package cluster
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// proc is one child process in its own process group, its output appended
+// to a log file that survives restarts.
+type proc struct {
+	name    string
+	logPath string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	err     error // set before done is closed
+}
+
+// startProc starts path with args. The child leads a new process group, so
+// stop and kill reach anything it forks, and gets SIGKILL if the thread
+// that started it (hence the test binary) dies.
+func startProc(name, logPath, path string, args ...string) (*proc, error) {
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "\n===== %s: %s %s\n", time.Now().Format(time.RFC3339Nano), path, strings.Join(args, " "))
+	cmd := exec.Command(path, args...)
+	cmd.Stdout = f
+	cmd.Stderr = f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, logPath: logPath, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		// Anything left in the group (our children fork nothing, but be
+		// sure) goes now, while the group id cannot have been reused.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// Pid is the child's process id (and process group id).
+func (p *proc) Pid() int { return p.cmd.Process.Pid }
+
+// exited reports whether the child has exited.
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// signal sends sig to the child's whole process group.
+func (p *proc) signal(sig syscall.Signal) {
+	if p.exited() {
+		return
+	}
+	if err := syscall.Kill(-p.Pid(), sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		_ = p.cmd.Process.Signal(sig)
+	}
+}
+
+// stop sends SIGTERM to the group, waits up to grace, then SIGKILLs it and
+// waits for the child to be reaped.
+func (p *proc) stop(grace time.Duration) {
+	if p == nil {
+		return
+	}
+	p.signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		p.kill()
+	}
+}
+
+// kill sends SIGKILL to the group and waits for the child to be reaped.
+func (p *proc) kill() {
+	if p == nil {
+		return
+	}
+	p.signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// tail returns the last n lines of the log file.
+func tail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if len(lines) > 2*n {
+			lines = append(lines[:0], lines[len(lines)-n:]...)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// workDir makes a short-named temporary directory (socket paths must stay
+// under 108 bytes, and t.TempDir embeds the test name). At cleanup it is
+// removed, unless the test failed or KEYWARDEN_E2E_KEEP is set: then its
+// path is logged for inspection.
+func workDir(t testing.TB, prefix string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "kwe2e-"+prefix+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("KEYWARDEN_E2E_KEEP") != "" {
+			t.Logf("kept %s", dir)
+			return
+		}
+		_ = os.RemoveAll(dir)
+	})
+	return dir
+}
+
+// reservedPorts avoids handing out one port twice in one test binary: a
+// port is freed by closing its listener, and the process meant to bind it
+// may not have started yet.
+var (
+	portsMu       sync.Mutex
+	reservedPorts = map[int]bool{}
+)
+
+// FreePort returns a loopback TCP port that nothing listens on now and that
+// this process has not handed out before.
+func FreePort() (int, error) {
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		if !reservedPorts[port] {
+			reservedPorts[port] = true
+			return port, nil
+		}
+	}
+	return 0, errors.New("no free loopback port")
+}
+
+func mustPort(t testing.TB) int {
+	t.Helper()
+	p, err := FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func hostPort(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// logOnFailure registers a cleanup that prints the tail of a log file when
+// the test failed. Registered before the process's own stop cleanup, it runs
+// after it (cleanups run last-in first-out), so the tail includes shutdown.
+func logOnFailure(t testing.TB, name, path string) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("--- last lines of %s (%s):\n%s", name, path, tail(path, 40))
+		}
+	})
+}
+
+func abs(path string) string {
+	a, err := filepath.Abs(path)
+	if err != nil {
+		return path
+	}
+	return a
+}
