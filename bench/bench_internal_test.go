@@ -1,0 +1,156 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestParseStatus(t *testing.T) {
+	status := "Name:\tkeywarden\nVmPeak:\t 1300000 kB\nVmHWM:\t   23456 kB\nVmRSS:\t   17890 kB\nThreads:\t9\n"
+	m, err := parseStatus([]byte(status))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.RSS != 17890 || m.HWM != 23456 {
+		t.Errorf("got %+v", m)
+	}
+	if _, err := parseStatus([]byte("Name:\tx\nVmRSS:\t 12 kB\n")); err == nil {
+		t.Error("missing VmHWM: want an error")
+	}
+	if _, err := parseStatus([]byte("VmRSS:\t 12 MB\nVmHWM:\t 1 kB\n")); err == nil {
+		t.Error("unexpected unit: want an error")
+	}
+	own, err := ReadMemory(os.Getpid())
+	if err != nil || own.RSS <= 0 || own.HWM < own.RSS {
+		t.Errorf("ReadMemory(self) = %+v, %v", own, err)
+	}
+}
+
+func TestKeystoreCalls(t *testing.T) {
+	metrics := `# HELP keywarden_keystore_operation_duration_seconds Latency.
+keywarden_keystore_operation_duration_seconds_bucket{backend="file",op="unwrap",result="ok",le="0.001"} 9
+keywarden_keystore_operation_duration_seconds_sum{backend="file",op="unwrap",result="ok"} 0.002
+keywarden_keystore_operation_duration_seconds_count{backend="file",op="unwrap",result="ok"} 9
+keywarden_keystore_operation_duration_seconds_count{backend="file",op="unwrap",result="unavailable"} 1
+keywarden_keystore_operation_duration_seconds_count{backend="file",op="wrap",result="ok"} 3
+`
+	tests := []struct {
+		op   string
+		want int64
+	}{{"unwrap", 10}, {"wrap", 3}, {"key_id", 0}}
+	for _, tt := range tests {
+		got, err := keystoreCalls([]byte(metrics), tt.op)
+		if err != nil || got != tt.want {
+			t.Errorf("keystoreCalls(%s) = %d, %v; want %d", tt.op, got, err, tt.want)
+		}
+	}
+}
+
+func TestRunCountsAndErrors(t *testing.T) {
+	var calls atomic.Int64
+	boom := errors.New("boom")
+	s := Run(context.Background(), Load{Concurrency: 4, Ops: 100}, func(_ context.Context, _, i int) error {
+		calls.Add(1)
+		if i%10 == 0 {
+			return boom
+		}
+		return nil
+	})
+	if calls.Load() != 100 || len(s.Latencies) != 90 || s.Errors != 10 || !errors.Is(s.FirstErr, boom) {
+		t.Errorf("calls %d, latencies %d, errors %d, first %v", calls.Load(), len(s.Latencies), s.Errors, s.FirstErr)
+	}
+	// Duration mode stops by itself.
+	d := Run(context.Background(), Load{Concurrency: 2, Duration: 10 * time.Millisecond}, func(context.Context, int, int) error {
+		time.Sleep(time.Millisecond)
+		return nil
+	})
+	if len(d.Latencies) == 0 || d.Elapsed < 10*time.Millisecond {
+		t.Errorf("duration mode: %d calls in %v", len(d.Latencies), d.Elapsed)
+	}
+}
+
+func sweepResult() *SweepResult {
+	cell := func(t string, p50s []time.Duration, tps []float64) *Cell {
+		c := &Cell{Target: t, Op: OpEncrypt, Concurrency: 1}
+		for i := range p50s {
+			c.Rounds = append(c.Rounds, Summary{Ops: 10, P50: p50s[i], P99: 2 * p50s[i], Max: 3 * p50s[i], Throughput: tps[i], Elapsed: time.Second})
+		}
+		c.All = c.Rounds[0]
+		c.CDF = []CDFPoint{{p50s[0], 0.5}, {3 * p50s[0], 1}}
+		return c
+	}
+	return &SweepResult{
+		Ops: []string{OpEncrypt}, Concurrency: []int{1}, Rounds: 3, Duration: time.Second,
+		Targets: []string{"floor", "kw"},
+		Cells: []*Cell{
+			cell("floor", []time.Duration{100, 200, 100}, []float64{1000, 500, 1000}),
+			cell("kw", []time.Duration{105, 220, 110}, []float64{950, 450, 960}),
+		},
+	}
+}
+
+func TestCompare(t *testing.T) {
+	r := sweepResult()
+	c, err := r.Compare("kw", "floor", OpEncrypt, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.P50Ratio != 1.1 || len(c.P50Ratios) != 3 {
+		t.Errorf("p50 ratios %v, median %v; want median 1.1", c.P50Ratios, c.P50Ratio)
+	}
+	if c.TputRatio != 0.95 {
+		t.Errorf("throughput ratios %v, median %v; want 0.95", c.TputRatios, c.TputRatio)
+	}
+	if _, err := r.Compare("kw", "nobody", OpEncrypt, 1); err == nil {
+		t.Error("comparing with a missing target: want an error")
+	}
+}
+
+func TestReportWriters(t *testing.T) {
+	r := &Report{Floor: "floor", Sweep: sweepResult(), Meta: Meta{Commit: "abc", Command: "kwbench"}}
+	if err := r.Compare("kw", "floor"); err != nil {
+		t.Fatal(err)
+	}
+	r.Checks = []Check{
+		NewCheck("p50 / floor", 1.1, "<=", 1.10, "×", ""),
+		NewCheck("tput / floor", 0.94, ">=", 0.95, "×", ""),
+		NewCheck("not run", nan(), "<=", 1, "", ""),
+	}
+	if !r.Checks[0].Met || r.Checks[1].Met || r.Checks[2].Met || r.Checks[2].Figure != 0 {
+		t.Errorf("checks: %+v", r.Checks)
+	}
+	dir := t.TempDir()
+	files, err := WritePlots(dir, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 3 {
+		t.Errorf("plots: %v", files)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil || len(b) < 8 || string(b[1:4]) != "PNG" {
+			t.Errorf("%s is not a PNG (%v)", f, err)
+		}
+	}
+	if err := WriteJSON(filepath.Join(dir, "r.json"), r); err != nil {
+		t.Fatal(err)
+	}
+	var md strings.Builder
+	if err := WriteMarkdown(&md, r); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"| p50 / floor | 1.1× | <= 1.1× | yes |", "| tput / floor | 0.94× | >= 0.95× | **no** |", "| 1 | kw | 950 | 0.1 |"} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md.String())
+		}
+	}
+}
+
+func nan() float64 { return Median(nil) }

@@ -1,0 +1,539 @@
+// Command kwbench benchmarks keywarden over its real KMS v2 unix socket
+// against a no-op floor plugin measured in the same run, and writes JSON, a
+// markdown table and PNG plots into a results folder.
+//
+//	go run ./bench/cmd/kwbench                       # full: 5 rounds, sweep 1,4,16,64,256, storm
+//	go run ./bench/cmd/kwbench --rounds 3 --duration 300ms --storm-rounds 3
+//
+// It builds keywarden, kwfloor and kwlab (or takes them from --bin), starts
+// each as its own process on a socket in a temporary directory, and runs:
+//
+//   - the sweep: Encrypt and Decrypt of 32-byte seeds at each concurrency,
+//     targets interleaved and rotated round by round: floor, keywarden (file
+//     keystore), keywarden with a slow keystore (kwlab, --slow-delay per
+//     keystore call) and the benchmark-only per-call plugin on the same slow
+//     keystore;
+//   - the cold-start storm: a fresh server, an empty KEK cache, and
+//     --storm-decrypts Decrypts made under --storm-keks local KEKs sent
+//     --storm-conc at a time; keystore calls counted inside the server;
+//   - VmRSS of every server: idle after start, sampled during the load, and
+//     idle after it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/keywarden/keywarden/bench"
+	"github.com/keywarden/keywarden/bench/lab"
+	"github.com/keywarden/keywarden/keystore/byuri"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "kwbench:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	out, bin      string
+	conc          []int
+	ops           []string
+	conns, rounds int
+	duration      time.Duration
+	warmup        time.Duration
+	pool          int
+	slowDelay     time.Duration
+	bare          bool
+	scenarios     map[string]bool
+	stormDecrypts int
+	stormKEKs     int
+	stormConc     int
+	stormRounds   int
+	idlePause     time.Duration
+	args          []string
+}
+
+func parseFlags(args []string) (*options, error) {
+	o := &options{args: args}
+	fs := flag.NewFlagSet("kwbench", flag.ContinueOnError)
+	fs.StringVar(&o.out, "out", "", "results folder (default bench/results/tmp/<UTC time>)")
+	fs.StringVar(&o.bin, "bin", "", "folder with prebuilt keywarden, kwfloor and kwlab (default: build them into <out>/bin)")
+	concs := fs.String("conc", "1,4,16,64,256", "concurrencies to sweep")
+	ops := fs.String("ops", "encrypt,decrypt", "operations to sweep")
+	fs.IntVar(&o.conns, "conns", 1, "gRPC connections per target (kube-apiserver uses one)")
+	fs.IntVar(&o.rounds, "rounds", 5, "rounds of the sweep (at least 5 for published figures)")
+	fs.DurationVar(&o.duration, "duration", time.Second, "measured time per target, op, concurrency and round")
+	fs.DurationVar(&o.warmup, "warmup", 200*time.Millisecond, "unrecorded warm-up before each measurement")
+	fs.IntVar(&o.pool, "pool", 64, "distinct seeds and ciphertexts the sweep cycles over")
+	fs.DurationVar(&o.slowDelay, "slow-delay", 20*time.Millisecond, "latency injected per keystore call for the slow-keystore targets (0: leave them out)")
+	fs.BoolVar(&o.bare, "bare", true, "also sweep keywarden's service without its interceptors (kwlab --bare), to split its cost over the floor")
+	scen := fs.String("scenarios", "sweep,storm", "scenarios to run: sweep, storm")
+	fs.IntVar(&o.stormDecrypts, "storm-decrypts", 1000, "Decrypts in the cold-start storm")
+	fs.IntVar(&o.stormKEKs, "storm-keks", 10, "distinct local KEKs they were made under")
+	fs.IntVar(&o.stormConc, "storm-conc", 64, "Decrypts in flight during the storm")
+	fs.IntVar(&o.stormRounds, "storm-rounds", 5, "rounds of the storm (a fresh server each)")
+	fs.DurationVar(&o.idlePause, "idle-pause", 2*time.Second, "pause before reading idle VmRSS")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	for _, s := range strings.Split(*concs, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("--conc: bad value %q", s)
+		}
+		o.conc = append(o.conc, n)
+	}
+	for _, s := range strings.Split(*ops, ",") {
+		if s = strings.TrimSpace(s); s != bench.OpEncrypt && s != bench.OpDecrypt {
+			return nil, fmt.Errorf("--ops: unknown op %q", s)
+		}
+		o.ops = append(o.ops, strings.TrimSpace(s))
+	}
+	o.scenarios = map[string]bool{}
+	for _, s := range strings.Split(*scen, ",") {
+		switch s = strings.TrimSpace(s); s {
+		case "sweep", "storm":
+			o.scenarios[s] = true
+		default:
+			return nil, fmt.Errorf("--scenarios: unknown scenario %q", s)
+		}
+	}
+	if o.rounds < 1 || o.stormRounds < 1 {
+		return nil, errors.New("--rounds and --storm-rounds must be at least 1")
+	}
+	if o.stormKEKs < 1 || o.stormDecrypts < o.stormKEKs {
+		return nil, errors.New("--storm-decrypts must be at least --storm-keks, which must be at least 1")
+	}
+	return o, nil
+}
+
+// Target names in reports.
+const (
+	floorName   = "floor"
+	kwName      = "keywarden"
+	bareName    = "keywarden-bare"
+	slowName    = "keywarden-slowks"
+	perCallName = "percall-slowks"
+)
+
+// env is one run's binaries, working directory and keyset.
+type env struct {
+	o        *options
+	bin      string
+	work     string // short, for socket paths
+	keystore string
+	logs     io.Writer
+	n        int
+}
+
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	o, err := parseFlags(args)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if o.out == "" {
+		o.out = filepath.Join("bench", "results", "tmp", start.UTC().Format("20060102-150405"))
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	e := &env{o: o, bin: o.bin}
+	if e.bin == "" {
+		e.bin = filepath.Join(o.out, "bin")
+		fmt.Fprintln(stdout, "building keywarden, kwfloor, kwlab into", e.bin)
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", e.bin+"/", "./cmd/keywarden", "./bench/cmd/kwfloor", "./bench/cmd/kwlab")
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("go build (run kwbench from the repository root, or pass --bin): %w", err)
+		}
+	}
+	if e.bin, err = filepath.Abs(e.bin); err != nil {
+		return err
+	}
+	// Unix socket paths are limited to 108 bytes: keep them in /tmp.
+	if e.work, err = os.MkdirTemp("", "kwb"); err != nil {
+		return err
+	}
+	defer os.RemoveAll(e.work)
+	logf, err := os.Create(filepath.Join(o.out, "servers.log"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	e.logs = logf
+	e.keystore = "file://" + filepath.Join(e.work, "keyset.json")
+	if _, err := byuri.Init(ctx, e.keystore); err != nil {
+		return fmt.Errorf("create keyset: %w", err)
+	}
+
+	r := &bench.Report{Floor: floorName, Meta: meta(start, o)}
+	if o.scenarios["sweep"] {
+		if err := sweep(ctx, e, r, stdout); err != nil {
+			return err
+		}
+	}
+	if o.scenarios["storm"] {
+		if err := storm(ctx, e, r, stdout); err != nil {
+			return err
+		}
+	}
+	r.Checks = checks(o, r)
+	r.Meta.Duration = time.Since(start)
+	if r.Plots, err = bench.WritePlots(o.out, r); err != nil {
+		return fmt.Errorf("plots: %w", err)
+	}
+	if err := bench.WriteJSON(filepath.Join(o.out, "results.json"), r); err != nil {
+		return err
+	}
+	mdf, err := os.Create(filepath.Join(o.out, "results.md"))
+	if err != nil {
+		return err
+	}
+	defer mdf.Close()
+	if err := bench.WriteMarkdown(io.MultiWriter(mdf, stdout), r); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "results in", o.out)
+	return nil
+}
+
+// freeAddr returns a loopback host:port that was free a moment ago.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+type server struct {
+	name string
+	kind string // floor, keywarden, lab
+	args []string
+}
+
+func floorServer() server { return server{name: floorName, kind: "floor"} }
+
+func kwServer(extra ...string) server { return server{name: kwName, kind: "keywarden", args: extra} }
+
+func labServer(name, mode string, delay time.Duration, extra ...string) server {
+	return server{name: name, kind: "lab", args: append([]string{"--mode", mode, "--keystore-delay", delay.String()}, extra...)}
+}
+
+// start starts s on a fresh socket.
+func (e *env) start(ctx context.Context, s server) (*bench.Process, error) {
+	e.n++
+	sock := filepath.Join(e.work, fmt.Sprintf("s%d", e.n), "kms.sock")
+	listen := "unix://" + sock
+	var bin string
+	var args []string
+	httpAddr := ""
+	switch s.kind {
+	case "floor":
+		bin, args = "kwfloor", []string{"--listen", listen}
+	case "keywarden":
+		a, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		httpAddr = a
+		bin, args = "keywarden", []string{"--listen", listen, "--keystore", e.keystore, "--metrics-addr", a}
+	case "lab":
+		a, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		httpAddr = a
+		bin, args = "kwlab", []string{"--listen", listen, "--keystore", e.keystore, "--http-addr", a}
+	}
+	args = append(args, s.args...)
+	fmt.Fprintf(e.logs, "=== %s: %s %s\n", s.name, bin, strings.Join(args, " "))
+	return bench.StartProcess(ctx, s.name, sock, httpAddr, e.logs, filepath.Join(e.bin, bin), args...)
+}
+
+func sweep(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error {
+	o := e.o
+	servers := []server{floorServer(), kwServer()}
+	if o.bare {
+		servers = append(servers, labServer(bareName, lab.ModeLocalKEK, 0, "--bare"))
+	}
+	if o.slowDelay > 0 {
+		servers = append(servers,
+			labServer(slowName, lab.ModeLocalKEK, o.slowDelay),
+			labServer(perCallName, lab.ModePerCall, o.slowDelay))
+	}
+	var targets []*bench.Target
+	var procs []*bench.Process
+	defer func() {
+		for _, p := range procs {
+			_ = p.Stop()
+		}
+	}()
+	for _, s := range servers {
+		p, err := e.start(ctx, s)
+		if err != nil {
+			return err
+		}
+		procs = append(procs, p)
+		c, err := bench.Dial(ctx, p.Socket, o.conns)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		targets = append(targets, &bench.Target{Name: s.name, Client: c, PID: p.PID()})
+	}
+	// Idle memory: after one Encrypt and one Decrypt, and a pause.
+	for _, t := range targets {
+		seed := make([]byte, bench.SeedSize)
+		er, err := t.Client.Encrypt(ctx, "kwbench-idle", seed)
+		if err != nil {
+			return fmt.Errorf("%s: %w", t.Name, err)
+		}
+		if _, err := t.Client.Decrypt(ctx, "kwbench-idle", er); err != nil {
+			return fmt.Errorf("%s: %w", t.Name, err)
+		}
+	}
+	sleep(ctx, o.idlePause)
+	for _, t := range targets {
+		m, err := bench.ReadMemory(t.PID)
+		if err != nil {
+			return err
+		}
+		r.Memory = append(r.Memory, bench.ProcessMemory{Target: t.Name, Idle: m})
+		fmt.Fprintf(stdout, "%-18s idle VmRSS %.1f MiB\n", t.Name, bench.MiB(m.RSS))
+	}
+	if err := bench.Prepare(ctx, o.pool, targets...); err != nil {
+		return err
+	}
+	res, err := bench.Sweep(ctx, bench.SweepConfig{
+		Ops: o.ops, Concurrency: o.conc, Rounds: o.rounds, Duration: o.duration, Warmup: o.warmup,
+		Pool: o.pool, CDFPoints: 400, Progress: stdout,
+	}, targets...)
+	if err != nil {
+		return err
+	}
+	r.Sweep = res
+	for _, t := range targets[1:] {
+		if err := r.Compare(t.Name, floorName); err != nil {
+			return err
+		}
+	}
+	if o.slowDelay > 0 {
+		for _, n := range []string{slowName, perCallName} {
+			if err := r.Compare(n, kwName); err != nil {
+				return err
+			}
+		}
+	}
+	sleep(ctx, o.idlePause)
+	for i, t := range targets {
+		m, err := bench.ReadMemory(t.PID)
+		if err != nil {
+			return err
+		}
+		r.Memory[i].AfterLoad = m
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// mint starts s, makes the storm's ciphertexts through it, and stops it.
+func (e *env) mint(ctx context.Context, s server, conc int) (*bench.StormTarget, error) {
+	p, err := e.start(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = p.Stop() }()
+	c, err := bench.Dial(ctx, p.Socket, 1)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	seeds, reqs, keks, err := bench.Mint(ctx, c, e.o.stormDecrypts, conc)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.name, err)
+	}
+	return &bench.StormTarget{Seeds: seeds, Requests: reqs, KEKs: keks}, nil
+}
+
+// starter starts s cold for one storm round and counts its keystore
+// unwraps: kwlab's keystore spy, keywarden's own metrics.
+func (e *env) starter(s server) func(ctx context.Context) (*bench.StormInstance, error) {
+	return func(ctx context.Context) (*bench.StormInstance, error) {
+		p, err := e.start(ctx, s)
+		if err != nil {
+			return nil, err
+		}
+		c, err := bench.Dial(ctx, p.Socket, e.o.conns)
+		if err != nil {
+			_ = p.Stop()
+			return nil, err
+		}
+		inst := &bench.StormInstance{Client: c, PID: p.PID(), Stop: func() error {
+			_ = c.Close()
+			return p.Stop()
+		}}
+		switch s.kind {
+		case "keywarden":
+			inst.KeystoreCalls = func(ctx context.Context) (int64, error) {
+				return bench.FetchKeystoreCalls(ctx, p.HTTP, "unwrap")
+			}
+		case "lab":
+			inst.KeystoreCalls = func(ctx context.Context) (int64, error) {
+				n, err := bench.FetchSpy(ctx, p.HTTP)
+				return n.Unwraps, err
+			}
+		}
+		return inst, nil
+	}
+}
+
+func storm(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error {
+	o := e.o
+	perKEK := (o.stormDecrypts + o.stormKEKs - 1) / o.stormKEKs
+	// Sequential Encrypts through keywarden with --kek-max-uses make
+	// exactly storm-keks local KEKs.
+	local, err := e.mint(ctx, kwServer("--kek-max-uses", strconv.Itoa(perKEK)), 1)
+	if err != nil {
+		return err
+	}
+	if local.KEKs != o.stormKEKs {
+		return fmt.Errorf("minting made %d local KEKs, want %d", local.KEKs, o.stormKEKs)
+	}
+	floorReqs, err := e.mint(ctx, floorServer(), 16)
+	if err != nil {
+		return err
+	}
+	floorReqs.Name, floorReqs.Start = floorName, e.starter(floorServer())
+	kw := *local
+	kw.Name, kw.Start = kwName, e.starter(kwServer())
+	targets := []*bench.StormTarget{floorReqs, &kw}
+	if o.slowDelay > 0 {
+		slow := *local
+		slow.Name, slow.Start = slowName, e.starter(labServer(slowName, lab.ModeLocalKEK, o.slowDelay))
+		pc, err := e.mint(ctx, labServer(perCallName, lab.ModePerCall, 0), 16)
+		if err != nil {
+			return err
+		}
+		pc.Name, pc.Start = perCallName, e.starter(labServer(perCallName, lab.ModePerCall, o.slowDelay))
+		targets = append(targets, &slow, pc)
+	}
+	res, err := bench.Storm(ctx, bench.StormConfig{Concurrency: o.stormConc, Rounds: o.stormRounds, Progress: stdout}, targets...)
+	if err != nil {
+		return err
+	}
+	r.Storm = res
+	for _, s := range res[1:] {
+		r.StormComparisons = append(r.StormComparisons, bench.CompareStorm(s, res[0]))
+	}
+	return nil
+}
+
+func checks(o *options, r *bench.Report) []bench.Check {
+	var cs []bench.Check
+	nan := func(c *bench.Comparison, f func(*bench.Comparison) float64) float64 {
+		if c == nil {
+			return math.NaN()
+		}
+		return f(c)
+	}
+	p50 := func(c *bench.Comparison) float64 { return c.P50Ratio }
+	tput := func(c *bench.Comparison) float64 { return c.TputRatio }
+	if r.Sweep != nil {
+		for _, op := range o.ops {
+			cs = append(cs, bench.NewCheck(op+" p50 / floor, concurrency 1", nan(r.Comparison(kwName, floorName, op, 1), p50), "<=", 1.10, "×", ""))
+		}
+		for _, op := range o.ops {
+			cs = append(cs, bench.NewCheck(op+" throughput / floor, concurrency 64", nan(r.Comparison(kwName, floorName, op, 64), tput), ">=", 0.95, "×", ""))
+		}
+		if o.slowDelay > 0 {
+			for _, op := range o.ops {
+				cs = append(cs, bench.NewCheck(fmt.Sprintf("%s throughput, keystore +%s / fast keystore, concurrency 64", op, o.slowDelay),
+					nan(r.Comparison(slowName, kwName, op, 64), tput), ">=", 0.9, "×", ""))
+			}
+		}
+		for _, m := range r.Memory {
+			if m.Target == kwName {
+				cs = append(cs, bench.NewCheck("keywarden VmRSS idle", bench.MiB(m.Idle.RSS), "<=", 20, " MiB", "after start, one Encrypt and one Decrypt, and a pause"))
+			}
+		}
+		var peak int64
+		for _, op := range o.ops {
+			if c := r.Sweep.Cell(kwName, op, 64); c != nil {
+				peak = max(peak, c.RSSPeakKiB)
+			}
+		}
+		if peak > 0 {
+			cs = append(cs, bench.NewCheck("keywarden VmRSS peak at concurrency 64", bench.MiB(peak), "<=", 32, " MiB", "sampled every 20 ms during every round"))
+		}
+	}
+	for _, s := range r.Storm {
+		if s.Target != kwName && s.Target != slowName {
+			continue
+		}
+		var worst int64
+		for _, x := range s.Rounds {
+			worst = max(worst, x.KeystoreCalls)
+		}
+		cs = append(cs, bench.NewCheck(fmt.Sprintf("%s: keystore calls for a cold storm of %d Decrypts over %d KEKs (worst round)", s.Target, s.Decrypts, s.KEKs),
+			float64(worst), "==", float64(s.KEKs), "", ""))
+	}
+	return cs
+}
+
+func meta(start time.Time, o *options) bench.Meta {
+	m := bench.Meta{Start: start, GoVersion: runtime.Version(), Cores: runtime.NumCPU(), Conns: o.conns,
+		Command: strings.TrimSpace("go run ./bench/cmd/kwbench " + strings.Join(o.args, " "))}
+	if b, err := exec.Command("git", "rev-parse", "--short=12", "HEAD").Output(); err == nil {
+		m.Commit = strings.TrimSpace(string(b))
+	}
+	if b, err := exec.Command("git", "status", "--porcelain", "--", "kms", "keystore", "cmd/keywarden", "metrics", "bench", "go.mod").Output(); err == nil && len(b) > 0 {
+		m.Commit += "+uncommitted"
+		m.Notes = append(m.Notes, "The measured code had uncommitted changes: "+strings.Join(strings.Fields(string(b)), " "))
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	if o.slowDelay > 0 {
+		m.Notes = append(m.Notes, fmt.Sprintf("%s and %s run the benchmark-only kwlab server with %s added to every keystore call; %s calls the keystore on every request (no local KEK).",
+			slowName, perCallName, o.slowDelay, perCallName))
+	}
+	if o.bare {
+		m.Notes = append(m.Notes, bareName+" is a diagnostic: keywarden's kms.Service served without its interceptors (metrics, logging, recovery); keywarden never runs so.")
+	}
+	return m
+}
