@@ -41,7 +41,7 @@ const (
 	// changes no field, so it normally records nothing).
 	FieldManager = "kmsctl-migrate"
 	// maxFailures bounds the failures kept for the summary.
-	maxFailures = 50
+	maxFailures  = 50
 	stateVersion = 1
 )
 

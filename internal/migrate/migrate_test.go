@@ -266,7 +266,9 @@ type fakeDiscovery struct {
 	err   error
 }
 
-func (d fakeDiscovery) ServerPreferredResources() ([]*metav1.APIResourceList, error) { return d.lists, d.err }
+func (d fakeDiscovery) ServerPreferredResources() ([]*metav1.APIResourceList, error) {
+	return d.lists, d.err
+}
 
 var rw = metav1.Verbs{"get", "list", "update", "patch", "create", "delete"}
 
