@@ -364,6 +364,18 @@ func (a *APIServer) getPath(ctx context.Context, base, check string) (int, strin
 	return code, string(body), err
 }
 
+// Metrics scrapes kube-apiserver's /metrics as the admin.
+func (a *APIServer) Metrics(ctx context.Context) (Metrics, error) {
+	body, code, err := httpGet(ctx, a.http, a.URL+"/metrics", a.Token)
+	if err != nil {
+		return nil, err
+	}
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("kube-apiserver /metrics: HTTP %d", code)
+	}
+	return ParseMetrics(strings.NewReader(string(body)))
+}
+
 // Kubectl runs the real kubectl against this apiserver with stdin (may be
 // empty) and returns its stdout; a non-zero exit is an error carrying
 // stderr.

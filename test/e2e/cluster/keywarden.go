@@ -181,6 +181,15 @@ func StartKeywarden(t testing.TB, tools Tools, opts KeywardenOptions) *Keywarden
 	return k
 }
 
+// StatePath is the --state-file path ("" without StateFile). Removing the
+// file before Start makes keywarden mint a new local KEK.
+func (k *Keywarden) StatePath() string {
+	if !k.opts.StateFile {
+		return ""
+	}
+	return filepath.Join(k.dir, "state.json")
+}
+
 // Keyset is the keystore this keywarden uses.
 func (k *Keywarden) Keyset() *Keyset { return k.opts.Keyset }
 
@@ -208,8 +217,8 @@ func (k *Keywarden) Start() error {
 		"--check-interval", k.opts.CheckInterval.String(),
 		"--log-format", "text",
 	}
-	if k.opts.StateFile {
-		args = append(args, "--state-file", filepath.Join(k.dir, "state.json"))
+	if p := k.StatePath(); p != "" {
+		args = append(args, "--state-file", p)
 	}
 	args = append(args, k.opts.ExtraArgs...)
 	p, err := startProc("keywarden", k.LogPath, k.tools.Keywarden, args...)
