@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"slices"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -99,11 +102,16 @@ func newKeysCmd(g *globals) *cobra.Command {
 			return printVersions([]keystore.KeyVersion{v})
 		},
 	}
-	action := func(use, short string, fn func(keystore.Manager) func(cmd *cobra.Command, id string) error) *cobra.Command {
+	// action builds promote, disable, enable and destroy: look up the
+	// version, let guard check and describe the change (and confirm it),
+	// apply it, print the versions after.
+	type guardFn func(cmd *cobra.Command, m keystore.Manager, vs []keystore.KeyVersion, v keystore.KeyVersion) error
+	action := func(use, short, long, example string, apply func(keystore.Manager) func(context.Context, string) error, guard guardFn) *cobra.Command {
 		return &cobra.Command{
 			Use:     use + " KEY_ID",
 			Short:   short,
-			Example: "  kmsctl keys " + use + " --keystore file:///etc/keywarden/keyset.json tink:123:0a1b2c3d4e5f6071",
+			Long:    long,
+			Example: example,
 			Args:    cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				m, done, err := manager(cmd)
@@ -111,29 +119,172 @@ func newKeysCmd(g *globals) *cobra.Command {
 					return err
 				}
 				defer done()
-				if err := fn(m)(cmd, args[0]); err != nil {
-					return err
-				}
 				vs, err := m.List(cmd.Context())
 				if err != nil {
+					return err
+				}
+				i := slices.IndexFunc(vs, func(v keystore.KeyVersion) bool { return v.KeyID == args[0] })
+				if i < 0 {
+					return fmt.Errorf("%w: %s is not in keystore %s", keystore.ErrKeyNotFound, args[0], uri)
+				}
+				if guard != nil {
+					if err := guard(cmd, m, vs, vs[i]); err != nil {
+						return err
+					}
+				}
+				if err := apply(m)(cmd.Context(), args[0]); err != nil {
+					return err
+				}
+				if vs, err = m.List(cmd.Context()); err != nil {
 					return err
 				}
 				return printVersions(vs)
 			},
 		}
 	}
-	promote := action("promote", "Make a version primary: new writes use it", func(m keystore.Manager) func(*cobra.Command, string) error {
-		return func(cmd *cobra.Command, id string) error { return m.Promote(cmd.Context(), id) }
-	})
-	disable := action("disable", "Disable a non-primary version (reversible with enable)", func(m keystore.Manager) func(*cobra.Command, string) error {
-		return func(cmd *cobra.Command, id string) error { return m.Disable(cmd.Context(), id) }
-	})
-	enable := action("enable", "Re-enable a disabled version", func(m keystore.Manager) func(*cobra.Command, string) error {
-		return func(cmd *cobra.Command, id string) error { return m.Enable(cmd.Context(), id) }
-	})
-	destroy := action("destroy", "Irreversibly delete a disabled version's key material", func(m keystore.Manager) func(*cobra.Command, string) error {
-		return func(cmd *cobra.Command, id string) error { return m.Destroy(cmd.Context(), id) }
-	})
+	var yes, force bool
+	var auditReport string
+	var eDisable, eDestroy etcdFlags
+	primaryOf := func(vs []keystore.KeyVersion) string {
+		for _, v := range vs {
+			if v.Primary {
+				return v.KeyID
+			}
+		}
+		return "(none)"
+	}
+	promote := action("promote", "Make a version primary: new writes use it",
+		`promote makes an enabled version the primary. keywarden notices within its
+--check-interval and reports the new key_id in Status; kube-apiserver then
+makes new DEKs under it. Objects written under the old primary stay readable
+(the old version stays enabled) until kmsctl migrate rewrites them.
+
+On an HA control plane, add the version on every node first: a node that
+meets a key it does not have cannot decrypt.
+
+promote prints what will change and asks for confirmation on a terminal;
+--yes skips the question.`,
+		"  kmsctl keys promote --keystore file:///etc/keywarden/keyset.json --yes tink:123:0a1b2c3d4e5f6071",
+		func(m keystore.Manager) func(context.Context, string) error { return m.Promote },
+		func(cmd *cobra.Command, _ keystore.Manager, vs []keystore.KeyVersion, v keystore.KeyVersion) error {
+			if v.Primary {
+				fmt.Fprintf(g.stderr, "%s is already the primary: nothing to do\n", v.KeyID)
+				return nil
+			}
+			if v.State != keystore.KeyEnabled {
+				return fmt.Errorf("%w: %s is %s; enable it first", keystore.ErrKeyDisabled, v.KeyID, v.State)
+			}
+			plan := fmt.Sprintf("Will promote %s to primary in %s (primary now: %s).\n"+
+				"keywarden will report key_id %s; kube-apiserver will encrypt new writes under it.\n"+
+				"Run this on every control-plane node, after `keys add` reached all of them.\n", v.KeyID, uri, primaryOf(vs), v.KeyID)
+			if !yes && !g.stdinTTY {
+				// Scripts written before --yes existed call promote without
+				// it; promote is reversible (the old version stays enabled),
+				// so it warns instead of refusing. destroy refuses.
+				fmt.Fprint(g.stderr, plan)
+				fmt.Fprintln(g.stderr, "warning: promoting without --yes because stdin is not a terminal; pass --yes in scripts")
+				return nil
+			}
+			return g.confirm(plan, yes)
+		})
+	disable := action("disable", "Disable a non-primary version (reversible with enable)",
+		`disable makes a non-primary version unusable for Decrypt, reversibly (keys
+enable undoes it). Objects still under it become unreadable: run kmsctl audit
+first. Given --etcd-endpoints or --audit-report, disable refuses while the
+audit shows objects under the version, unless --force.`,
+		"  kmsctl keys disable --keystore file:///etc/keywarden/keyset.json --etcd-endpoints http://127.0.0.1:2379 tink:123:0a1b2c3d4e5f6071",
+		func(m keystore.Manager) func(context.Context, string) error { return m.Disable },
+		func(cmd *cobra.Command, _ keystore.Manager, _ []keystore.KeyVersion, v keystore.KeyVersion) error {
+			if !eDisable.set() && auditReport == "" {
+				return nil
+			}
+			return g.checkUnused(cmd.Context(), &eDisable, auditReport, v.KeyID, force, "disable")
+		})
+	enable := action("enable", "Re-enable a disabled version", "", "  kmsctl keys enable --keystore file:///etc/keywarden/keyset.json tink:123:0a1b2c3d4e5f6071",
+		func(m keystore.Manager) func(context.Context, string) error { return m.Enable }, nil)
+	destroy := action("destroy", "Irreversibly delete a disabled version's key material",
+		`destroy deletes a disabled version's key material for good: every object
+still stored under it becomes unreadable forever.
+
+It needs evidence that nothing uses the version: a live audit of etcd
+(--etcd-endpoints, with --encryption-config or --resources naming every
+encrypted resource) or the JSON of an earlier kmsctl audit (--audit-report).
+It refuses while that audit counts any object under the version; --force
+overrides it (and the lack of evidence) with a loud warning.
+
+It prints what will change and needs --yes when stdin is not a terminal.`,
+		`  kmsctl keys destroy --keystore file:///etc/keywarden/keyset.json     --etcd-endpoints https://127.0.0.1:2379 --cacert ca.crt --cert client.crt --key client.key     --encryption-config /etc/kubernetes/enc/encryption-config.yaml --yes tink:123:0a1b2c3d4e5f6071
+  kmsctl audit ... -o json > audit.json
+  kmsctl keys destroy --keystore file:///etc/keywarden/keyset.json --audit-report audit.json tink:123:0a1b2c3d4e5f6071`,
+		func(m keystore.Manager) func(context.Context, string) error { return m.Destroy },
+		func(cmd *cobra.Command, _ keystore.Manager, _ []keystore.KeyVersion, v keystore.KeyVersion) error {
+			if v.Primary || v.State == keystore.KeyEnabled {
+				return fmt.Errorf("%w: %s is %s%s; disable it (and wait) before destroying it", keystore.ErrKeyDisabled, v.KeyID, v.State, map[bool]string{true: " and primary"}[v.Primary])
+			}
+			if err := g.checkUnused(cmd.Context(), &eDestroy, auditReport, v.KeyID, force, "destroy"); err != nil {
+				return err
+			}
+			return g.confirm(fmt.Sprintf("Will DESTROY root key version %s in %s: irreversible; anything still encrypted under it is lost.\n", v.KeyID, uri), yes)
+		})
+	for _, c := range []*cobra.Command{promote, destroy} {
+		c.Flags().BoolVar(&yes, "yes", false, "confirm the change without asking")
+	}
+	for c, e := range map[*cobra.Command]*etcdFlags{disable: &eDisable, destroy: &eDestroy} {
+		c.Flags().BoolVar(&force, "force", false, "go ahead even if the audit shows objects under the version (they become unreadable)")
+		c.Flags().StringVar(&auditReport, "audit-report", "", "JSON from `kmsctl audit -o json` to check instead of a live audit")
+		e.add(c, true)
+		c.MarkFlagsMutuallyExclusive("audit-report", "etcd-endpoints")
+	}
 	cmd.AddCommand(initCmd, list, add, promote, disable, enable, destroy)
 	return cmd
+}
+
+// checkUnused refuses to retire keyID while an audit (live, or the report
+// at path) counts objects under it, unless force, which warns loudly. With
+// neither an audit nor force it refuses too: retiring a key needs evidence.
+func (g *globals) checkUnused(ctx context.Context, e *etcdFlags, path, keyID string, force bool, verb string) error {
+	var a *auditOut
+	var err error
+	switch {
+	case path != "":
+		a, err = loadAuditReport(path)
+	case e.set():
+		a, err = e.run(ctx, g.stderr)
+	default:
+		if force {
+			g.warnForce(verb, keyID, "no audit was given")
+			return nil
+		}
+		return usageError{fmt.Errorf("%s needs evidence that nothing uses %s: --etcd-endpoints (live audit) or --audit-report (or --force)", verb, keyID)}
+	}
+	if err != nil {
+		return err
+	}
+	var scopes []string
+	for _, r := range a.Resources {
+		scopes = append(scopes, r.Prefix)
+	}
+	n := a.InUse(keyID)
+	fmt.Fprintf(g.stderr, "audit at etcd revision %d (%s, %d objects under %v): %d under %s\n",
+		a.Revision, a.Time.Format("2006-01-02 15:04:05Z"), a.Objects, scopes, n, keyID)
+	if age := g.now().Sub(a.Time); path != "" && age > 24*time.Hour {
+		fmt.Fprintf(g.stderr, "warning: the audit report is %s old\n", age.Round(time.Minute))
+	}
+	if n == 0 {
+		return nil
+	}
+	if force {
+		g.warnForce(verb, keyID, fmt.Sprintf("the audit counts %d objects under it", n))
+		return nil
+	}
+	return problem("refusing to %s %s: the audit counts %d objects stored under it (run kmsctl migrate, then audit again; --force overrides)", verb, keyID, n)
+}
+
+func (g *globals) warnForce(verb, keyID, why string) {
+	fmt.Fprintf(g.stderr, "\n"+
+		"!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"+
+		"!!! WARNING: --force: %s %s although %s.\n"+
+		"!!! Objects stored under it will fail to decrypt%s.\n"+
+		"!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n",
+		verb, keyID, why, map[string]string{"destroy": " FOREVER", "disable": " until you run keys enable"}[verb])
 }

@@ -38,45 +38,116 @@ func (s *socketFlags) dial() (kmsapi.KeyManagementServiceClient, func(), error) 
 }
 
 type statusOut struct {
-	Version string `json:"version"`
-	Healthz string `json:"healthz"`
-	KeyID   string `json:"keyID"`
+	Version string          `json:"version"`
+	Healthz string          `json:"healthz"`
+	KeyID   string          `json:"keyID"`
+	Metrics *metricsSummary `json:"metrics,omitempty"`
+}
+
+// status calls the plugin's Status once.
+func (s *socketFlags) status(ctx context.Context) (*kmsapi.StatusResponse, error) {
+	c, done, err := s.dial()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	r, err := c.Status(ctx, &kmsapi.StatusRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("calling Status: %w", err)
+	}
+	return r, nil
 }
 
 func newStatusCmd(g *globals) *cobra.Command {
 	var s socketFlags
+	var metricsURL string
 	cmd := &cobra.Command{
-		Use:     "status",
-		Short:   "Show a running plugin's KMS Status (exit 3 if not healthy)",
-		Example: "  kmsctl status --socket unix:///run/keywarden/kms.sock",
-		Args:    cobra.NoArgs,
+		Use:   "status",
+		Short: "Show a running plugin's KMS Status and, with --metrics-url, a metrics summary (exit 3 if not healthy)",
+		Long: `status calls the plugin's Status over its socket, as kube-apiserver does, and
+prints version, healthz and key_id. With --metrics-url it also reads
+keywarden's /metrics and summarizes them: health, keystore reachability, the
+root key (hashed) and whether it matches Status' key_id, RPC counts, errors
+by code and p50/p99 latency per method, local KEK generations and cache.
+
+Exits 3 if healthz is not "ok", or the metrics say the plugin or its keystore
+is down or that the root key differs from Status' key_id.`,
+		Example: `  kmsctl status --socket unix:///run/keywarden/kms.sock
+  kmsctl status --socket unix:///run/keywarden/kms.sock --metrics-url http://127.0.0.1:8095/metrics -o yaml`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, done, err := s.dial()
+			r, err := s.status(cmd.Context())
 			if err != nil {
 				return err
 			}
-			defer done()
-			ctx, cancel := context.WithTimeout(cmd.Context(), s.timeout)
-			defer cancel()
-			r, err := c.Status(ctx, &kmsapi.StatusRequest{})
-			if err != nil {
-				return fmt.Errorf("calling Status: %w", err)
+			out := statusOut{Version: r.Version, Healthz: r.Healthz, KeyID: r.KeyId}
+			if metricsURL != "" {
+				mfs, err := fetchMetrics(cmd.Context(), metricsURL, s.timeout)
+				if err != nil {
+					return err
+				}
+				out.Metrics = summarize(metricsURL, mfs, r.KeyId, g.now())
 			}
-			out := statusOut{r.Version, r.Healthz, r.KeyId}
 			if err := g.print(out, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "VERSION\tHEALTHZ\tKEY ID")
 				fmt.Fprintf(w, "%s\t%s\t%s\n", out.Version, out.Healthz, out.KeyID)
+				if m := out.Metrics; m != nil {
+					printMetrics(w, m)
+				}
 			}); err != nil {
 				return err
 			}
 			if r.Healthz != "ok" {
 				return problem("plugin is not healthy: %s", r.Healthz)
 			}
+			if m := out.Metrics; m != nil {
+				switch {
+				case m.Healthy != nil && !*m.Healthy:
+					return problem("metrics say the plugin is not healthy")
+				case m.KeystoreUp != nil && !*m.KeystoreUp:
+					return problem("metrics say the last keystore check failed")
+				case m.RootKeyMatchesStatus != nil && !*m.RootKeyMatchesStatus:
+					return problem("metrics' root key hash %s does not match Status key_id %s", m.RootKeyIDHash, r.KeyId)
+				}
+			}
 			return nil
 		},
 	}
 	s.add(cmd)
+	cmd.Flags().StringVar(&metricsURL, "metrics-url", "", "keywarden's metrics endpoint, e.g. http://127.0.0.1:8095/metrics")
 	return cmd
+}
+
+func printMetrics(w *tabwriter.Writer, m *metricsSummary) {
+	yn := func(b *bool) string {
+		switch {
+		case b == nil:
+			return "?"
+		case *b:
+			return "yes"
+		}
+		return "NO"
+	}
+	fmt.Fprintf(w, "\nMETRICS\t%s\n", m.URL)
+	fmt.Fprintf(w, "healthy\t%s\n", yn(m.Healthy))
+	fmt.Fprintf(w, "keystore up\t%s (backend %s, last success %s)\n", yn(m.KeystoreUp), m.Backend, m.KeystoreLastSuccess)
+	fmt.Fprintf(w, "root key_id hash\t%s (matches Status: %s)\n", m.RootKeyIDHash, yn(m.RootKeyMatchesStatus))
+	fmt.Fprintf(w, "local KEK\tuses %.0f, age %s, generations %v\n", m.KEKUses, m.KEKAge, m.KEKGenerations)
+	fmt.Fprintf(w, "KEK cache\thits %.0f, misses %.0f, entries %.0f\n", m.CacheHits, m.CacheMisses, m.CacheEntries)
+	fmt.Fprintln(w, "\nMETHOD\tCALLS\tERRORS\tP50\tP99")
+	for _, r := range m.RPCs {
+		errs := "-"
+		if len(r.Errors) > 0 {
+			errs = fmt.Sprint(r.Errors)
+		}
+		fmt.Fprintf(w, "%s\t%.0f\t%s\t%s\t%s\n", r.Method, r.Calls, errs, seconds(r.P50), seconds(r.P99))
+	}
+}
+
+func seconds(s float64) string {
+	return time.Duration(s * float64(time.Second)).Round(time.Microsecond).String()
 }
 
 type checkOut struct {

@@ -1,0 +1,294 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/encconfig"
+)
+
+// resourceFlags say which resources a command covers: --resources, or the
+// encrypted resources of --encryption-config.
+type resourceFlags struct {
+	resources  []string
+	encConfig  string
+	defaultRes []string
+}
+
+func (r *resourceFlags) add(cmd *cobra.Command, def []string) {
+	r.defaultRes = def
+	cmd.Flags().StringSliceVar(&r.resources, "resources", nil,
+		fmt.Sprintf("resources to cover, as an EncryptionConfiguration names them (default %s)", strings.Join(def, ",")))
+	cmd.Flags().StringVar(&r.encConfig, "encryption-config", "", "read the resources from kube-apiserver's EncryptionConfiguration file (those whose first provider is not identity)")
+	cmd.MarkFlagsMutuallyExclusive("resources", "encryption-config")
+}
+
+func (r *resourceFlags) names() ([]string, error) {
+	switch {
+	case r.encConfig != "":
+		c, err := encconfig.Load(r.encConfig)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		names := c.EncryptedResources()
+		if len(names) == 0 {
+			return nil, usageError{fmt.Errorf("%s encrypts no resource", r.encConfig)}
+		}
+		return names, nil
+	case len(r.resources) > 0:
+		return r.resources, nil
+	}
+	return r.defaultRes, nil
+}
+
+// etcdFlags reach etcd for audits.
+type etcdFlags struct {
+	endpoints         []string
+	cacert, cert, key string
+	prefix            string
+	timeout           time.Duration
+	pageSize          int64
+	// res is the resources to read; rotate shares its migrate's.
+	res *resourceFlags
+}
+
+// add registers the flags; with own, also --page-size and the resource
+// flags (rotate registers those once, for migrate and audit both).
+func (e *etcdFlags) add(cmd *cobra.Command, own bool) {
+	cmd.Flags().StringSliceVar(&e.endpoints, "etcd-endpoints", nil, "etcd client URLs, e.g. https://127.0.0.1:2379")
+	cmd.Flags().StringVar(&e.cacert, "cacert", "", "CA bundle that signed etcd's serving certificate")
+	cmd.Flags().StringVar(&e.cert, "cert", "", "client certificate for etcd (PEM)")
+	cmd.Flags().StringVar(&e.key, "key", "", "client key for etcd (PEM)")
+	cmd.Flags().StringVar(&e.prefix, "prefix", "/registry", "kube-apiserver's --etcd-prefix")
+	cmd.Flags().DurationVar(&e.timeout, "etcd-timeout", 10*time.Second, "timeout of each etcd request")
+	e.pageSize = audit.DefaultPageSize
+	if own {
+		cmd.Flags().Int64Var(&e.pageSize, "page-size", audit.DefaultPageSize, "keys read per etcd request")
+		e.res = &resourceFlags{}
+		e.res.add(cmd, []string{"secrets"})
+	}
+}
+
+func (e *etcdFlags) set() bool { return len(e.endpoints) > 0 }
+
+// timedGetter bounds each etcd request rather than the whole scan.
+type timedGetter struct {
+	c       *clientv3.Client
+	timeout time.Duration
+}
+
+func (t timedGetter) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.timeout)
+	defer cancel()
+	return t.c.Get(ctx, key, opts...)
+}
+
+func (e *etcdFlags) client() (*clientv3.Client, error) {
+	if !e.set() {
+		return nil, usageError{errors.New("--etcd-endpoints is required")}
+	}
+	cfg := clientv3.Config{Endpoints: e.endpoints, DialTimeout: e.timeout, Logger: zap.NewNop()}
+	if e.cacert != "" || e.cert != "" || e.key != "" {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if e.cacert != "" {
+			pem, err := os.ReadFile(e.cacert)
+			if err != nil {
+				return nil, usageError{err}
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, usageError{fmt.Errorf("--cacert %s holds no PEM certificate", e.cacert)}
+			}
+			tc.RootCAs = pool
+		}
+		if (e.cert == "") != (e.key == "") {
+			return nil, usageError{errors.New("--cert and --key go together")}
+		}
+		if e.cert != "" {
+			kp, err := tls.LoadX509KeyPair(e.cert, e.key)
+			if err != nil {
+				return nil, usageError{err}
+			}
+			tc.Certificates = []tls.Certificate{kp}
+		}
+		cfg.TLS = tc
+	}
+	return clientv3.New(cfg)
+}
+
+// run audits etcd; progress, if not nil, gets a line now and then.
+func (e *etcdFlags) run(ctx context.Context, progress io.Writer) (*auditOut, error) {
+	names, err := e.res.names()
+	if err != nil {
+		return nil, err
+	}
+	scopes, err := audit.Scopes(e.prefix, names)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	c, err := e.client()
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	start := time.Now()
+	last := start
+	r, err := audit.Run(ctx, timedGetter{c, e.timeout}, audit.Options{Scopes: scopes, PageSize: e.pageSize, Progress: func(n int) {
+		if progress != nil && time.Since(last) > 5*time.Second {
+			last = time.Now()
+			fmt.Fprintf(progress, "audit: %d objects read\n", n)
+		}
+	}})
+	if err != nil {
+		return nil, err
+	}
+	return &auditOut{Report: r, Time: start.UTC().Truncate(time.Second), Seconds: time.Since(start).Seconds()}, nil
+}
+
+// auditOut is what `kmsctl audit -o json` prints and `keys destroy
+// --audit-report` reads back.
+type auditOut struct {
+	*audit.Report
+	Time    time.Time `json:"time"`
+	Seconds float64   `json:"seconds"`
+	// Gates lists the --fail-on-* checks that failed.
+	Gates []string `json:"failedGates,omitempty"`
+}
+
+func loadAuditReport(path string) (*auditOut, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	var a auditOut
+	if err := json.Unmarshal(b, &a); err != nil || a.Report == nil || a.KeyIDs == nil || a.Time.IsZero() {
+		return nil, usageError{fmt.Errorf("--audit-report %s is not the JSON of `kmsctl audit -o json` (%v)", path, err)}
+	}
+	return &a, nil
+}
+
+func (g *globals) printAudit(a *auditOut) error {
+	return g.print(a, func(w *tabwriter.Writer) {
+		snap := "one snapshot"
+		if !a.Consistent {
+			snap = "NOT one snapshot: etcd compacted during the scan"
+		}
+		fmt.Fprintf(w, "etcd revision %d (%s), %d objects, %.1fs\n\n", a.Revision, snap, a.Objects, a.Seconds)
+		fmt.Fprintln(w, "RESOURCE\tPREFIX\tOBJECTS\tKMS V2\tPLAINTEXT\tOTHER")
+		for _, r := range a.Resources {
+			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\t%d\n", r.Resource, r.Prefix, r.Objects, r.KMSv2, r.Plaintext, r.Other)
+		}
+		fmt.Fprintln(w, "\nPROVIDER\tOBJECTS")
+		for _, p := range sortedKeys(a.Providers) {
+			fmt.Fprintf(w, "%s\t%d\n", p, a.Providers[p])
+		}
+		if len(a.KeyIDs) > 0 {
+			fmt.Fprintln(w, "\nKEY ID\tOBJECTS")
+			for _, k := range sortedKeys(a.KeyIDs) {
+				fmt.Fprintf(w, "%s\t%d\n", k, a.KeyIDs[k])
+			}
+		}
+		if len(a.LocalKEKs) > 0 {
+			fmt.Fprintln(w, "\nLOCAL KEK\tROOT KEY ID\tOBJECTS")
+			for _, k := range a.LocalKEKs {
+				fmt.Fprintf(w, "%s\t%s\t%d\n", k.ID, k.RootKeyID, k.Objects)
+			}
+		}
+		fmt.Fprintf(w, "\nplaintext %d, other providers %d, unrecognized %d, malformed %d, bad keywarden annotation %d\n",
+			a.Plaintext, a.OtherProviders, a.Unrecognized, a.Malformed, a.BadAnnotation)
+		for _, c := range sortedKeys(a.Samples) {
+			fmt.Fprintf(w, "  %s, e.g.: %s\n", c, strings.Join(a.Samples[c], " "))
+		}
+		for _, gate := range a.Gates {
+			fmt.Fprintf(w, "FAILED: %s\n", gate)
+		}
+	})
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+func newAuditCmd(g *globals) *cobra.Command {
+	var (
+		e           etcdFlags
+		failPlain   bool
+		failOnKeys  []string
+		failOnOther bool
+	)
+	cmd := &cobra.Command{
+		Use:   "audit",
+		Short: "Count the objects in etcd by provider, root key_id and local KEK (never prints values)",
+		Long: `audit reads every value of the encrypted resources straight from etcd, at one
+etcd revision, and counts them: per provider (kms:v2:<name>, aescbc, aesgcm,
+secretbox, identity), per KMS v2 key_id (for keywarden, the root key version),
+per keywarden local KEK, plus plaintext, malformed and unrecognized values.
+It prints counts, key_ids, digests and, for problems, a few etcd keys; never a
+value.
+
+Resources map to etcd keys as kube-apiserver stores them: secrets under
+<prefix>/secrets/, custom resources under <prefix>/<group>/<resource>/;
+"*.*" reads everything under --prefix; a name starting with / is a raw key
+prefix.
+
+With --fail-on-plaintext or --fail-on-key, exits 3 when the gate fails: use
+them in CI and before retiring a key.`,
+		Example: `  kmsctl audit --etcd-endpoints https://127.0.0.1:2379 \
+    --cacert /etc/kubernetes/pki/etcd/ca.crt \
+    --cert /etc/kubernetes/pki/apiserver-etcd-client.crt --key /etc/kubernetes/pki/apiserver-etcd-client.key \
+    --encryption-config /etc/kubernetes/enc/encryption-config.yaml
+  kmsctl audit --etcd-endpoints http://127.0.0.1:2379 --resources secrets,configmaps \
+    --fail-on-plaintext --fail-on-key tink:3473997605:81291f5360ee4023 -o json > audit.json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := e.run(cmd.Context(), g.stderr)
+			if err != nil {
+				return err
+			}
+			if failPlain && a.Plaintext+a.Unrecognized > 0 {
+				a.Gates = append(a.Gates, fmt.Sprintf("%d plaintext and %d unrecognized objects (--fail-on-plaintext)", a.Plaintext, a.Unrecognized))
+			}
+			if failOnOther && a.OtherProviders > 0 {
+				a.Gates = append(a.Gates, fmt.Sprintf("%d objects under other providers (--fail-on-other-providers)", a.OtherProviders))
+			}
+			for _, k := range failOnKeys {
+				if n := a.InUse(k); n > 0 {
+					a.Gates = append(a.Gates, fmt.Sprintf("%d objects under key_id %s (--fail-on-key)", n, k))
+				}
+			}
+			if err := g.printAudit(a); err != nil {
+				return err
+			}
+			if len(a.Gates) > 0 {
+				return problem("audit gate failed: %s", strings.Join(a.Gates, "; "))
+			}
+			return nil
+		},
+	}
+	e.add(cmd, true)
+	_ = cmd.MarkFlagRequired("etcd-endpoints")
+	cmd.Flags().BoolVar(&failPlain, "fail-on-plaintext", false, "exit 3 if any object is stored in plaintext (or unrecognized)")
+	cmd.Flags().StringSliceVar(&failOnKeys, "fail-on-key", nil, "exit 3 if any object is stored under this key_id (repeatable)")
+	cmd.Flags().BoolVar(&failOnOther, "fail-on-other-providers", false, "exit 3 if any object is under aescbc, aesgcm, secretbox or KMS v1")
+	return cmd
+}
