@@ -154,3 +154,22 @@ func TestReportWriters(t *testing.T) {
 }
 
 func nan() float64 { return Median(nil) }
+
+func TestParseStat(t *testing.T) {
+	// Field 2 may contain spaces and parentheses; utime is 250 ticks and
+	// stime 50: 3 s.
+	stat := "4242 (kw (bench) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1234 1000000 4000 18446744073709551615\n"
+	got, err := parseStat([]byte(stat))
+	if err != nil || got != 3*time.Second {
+		t.Errorf("parseStat = %v, %v; want 3s", got, err)
+	}
+	if _, err := parseStat([]byte("4242 (x) S 1 2")); err == nil {
+		t.Error("short stat: want an error")
+	}
+	if own, err := ReadCPU(os.Getpid()); err != nil || own < 0 {
+		t.Errorf("ReadCPU(self) = %v, %v", own, err)
+	}
+	if SelfCPU() <= 0 {
+		t.Error("SelfCPU: want a positive CPU time")
+	}
+}

@@ -28,10 +28,19 @@ type Sample struct {
 	Errors    int
 	FirstErr  error
 	Elapsed   time.Duration
+	// ServerCPU and ClientCPU are CPU time spent during the run by the
+	// server process and by this one, when the caller measured them.
+	ServerCPU, ClientCPU time.Duration
 }
 
 // Summary summarises s (sorting its latencies).
-func (s Sample) Summary() Summary { return Summarize(s.Latencies, s.Errors, s.Elapsed) }
+func (s Sample) Summary() Summary {
+	sum := Summarize(s.Latencies, s.Errors, s.Elapsed)
+	if n := time.Duration(len(s.Latencies)); n > 0 {
+		sum.ServerCPU, sum.ClientCPU = s.ServerCPU/n, s.ClientCPU/n
+	}
+	return sum
+}
 
 // Run drives op under l and records the latency of every successful call.
 // Elapsed runs from the first call's start to the last call's end, so

@@ -150,6 +150,52 @@ func parseStatus(b []byte) (Memory, error) {
 	return m, nil
 }
 
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's CPU times: 100 on
+// every Linux architecture Go supports.
+const clockTicks = 100
+
+// ReadCPU returns the user+system CPU time pid has used, from
+// /proc/PID/stat (10 ms resolution).
+func ReadCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	return parseStat(b)
+}
+
+func parseStat(b []byte) (time.Duration, error) {
+	// The command name (field 2) may hold spaces and parentheses: count
+	// fields after its closing parenthesis. utime and stime are fields 14
+	// and 15, so the 12th and 13th after it.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("malformed /proc stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc stat: %w", err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
+// SelfCPU returns the user+system CPU time this process has used.
+func SelfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // MiB converts KiB to MiB.
 func MiB(kib int64) float64 { return float64(kib) / 1024 }
 

@@ -6,6 +6,8 @@ import (
 	"io"
 	"math"
 	"os"
+	"os/exec"
+	"runtime"
 	"strings"
 	"time"
 )
@@ -24,6 +26,45 @@ type Report struct {
 	Checks           []Check            `json:"checks"`
 	Plots            []string           `json:"plots,omitempty"`
 	Extra            map[string]float64 `json:"extra,omitempty"`
+	// SweepTitle heads the sweep's tables ("Socket sweep" if empty).
+	SweepTitle string `json:"sweep_title,omitempty"`
+	// Tables are scenario-specific tables, written after the sweep.
+	Tables []Table `json:"tables,omitempty"`
+	// Raw is scenario-specific data kept in the JSON only.
+	Raw any `json:"raw,omitempty"`
+}
+
+// Table is a markdown table.
+type Table struct {
+	Title  string     `json:"title"`
+	Header []string   `json:"header"`
+	Rows   [][]string `json:"rows"`
+}
+
+// DefaultMeta describes this machine and checkout: the commit (marked
+// "+uncommitted" if the code that is measured has local changes), Go, CPU
+// model, cores and kernel.
+func DefaultMeta(start time.Time) Meta {
+	m := Meta{Start: start, GoVersion: runtime.Version(), Cores: runtime.NumCPU()}
+	if b, err := exec.Command("git", "rev-parse", "--short=12", "HEAD").Output(); err == nil {
+		m.Commit = strings.TrimSpace(string(b))
+	}
+	if b, err := exec.Command("git", "status", "--porcelain", "--", "kms", "keystore", "cmd/keywarden", "metrics", "bench", "go.mod").Output(); err == nil && len(b) > 0 {
+		m.Commit += "+uncommitted"
+		m.Notes = append(m.Notes, "The measured code had uncommitted changes: "+strings.Join(strings.Fields(string(b)), " "))
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	return m
 }
 
 // Meta says where and how a report was made.
@@ -115,6 +156,13 @@ func WriteJSON(path string, r *Report) error {
 
 func us(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(time.Microsecond)) }
 
+func cpuUS(d time.Duration) string {
+	if d == 0 {
+		return "–"
+	}
+	return us(d)
+}
+
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(time.Millisecond)) }
 
 func mib(kib int64) string {
@@ -165,11 +213,19 @@ func WriteMarkdown(w io.Writer, r *Report) error {
 		p("\n")
 	}
 	if s := r.Sweep; s != nil {
-		p("### Socket sweep\n\n%d rounds of %s per target, op and concurrency, targets interleaved and rotated each round. "+
+		title := r.SweepTitle
+		if title == "" {
+			title = "Socket sweep"
+		}
+		per := fmt.Sprintf("%d rounds of %s per target, op and concurrency", s.Rounds, s.Duration)
+		if s.Duration == 0 {
+			per = fmt.Sprintf("%d rounds per target, op and concurrency", s.Rounds)
+		}
+		p("### %s\n\n%s, targets interleaved and rotated each round. "+
 			"Throughput and latencies are medians over rounds; ratios (to `%s`) are medians of per-round ratios, one value per round in the last column.\n\n",
-			s.Rounds, s.Duration, r.Floor)
+			title, per, r.Floor)
 		for _, op := range s.Ops {
-			p("#### %s\n\n| conc | target | calls/s | p50 µs | p90 µs | p99 µs | max µs | p50 / floor | calls/s / floor | RSS peak MiB | per-round calls/s ratios |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n", op)
+			p("#### %s\n\n| conc | target | calls/s | p50 µs | p90 µs | p99 µs | max µs | p50 / floor | calls/s / floor | server CPU µs/call | client CPU µs/call | server CPU / floor | CPU-bound calls/s / floor | RSS peak MiB | per-round calls/s ratios |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n", op)
 			for _, c := range s.Concurrency {
 				for _, t := range s.Targets {
 					cell := s.Cell(t, op, c)
@@ -177,12 +233,15 @@ func WriteMarkdown(w io.Writer, r *Report) error {
 						continue
 					}
 					med := medianSummary(cell.Rounds)
-					p50r, tpr, per := "–", "–", ""
+					p50r, tpr, cpur, bound, per := "–", "–", "–", "–", ""
 					if cmp := r.Comparison(t, r.Floor, op, c); cmp != nil && t != r.Floor {
 						p50r, tpr, per = fmt.Sprintf("%.3f", cmp.P50Ratio), fmt.Sprintf("%.3f", cmp.TputRatio), ratios(cmp.TputRatios)
+						if cmp.CPURatio > 0 {
+							cpur, bound = fmt.Sprintf("%.3f", cmp.CPURatio), fmt.Sprintf("%.3f", cmp.BoundRatio)
+						}
 					}
-					p("| %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n", c, t, med.Throughput,
-						us(med.P50), us(med.P90), us(med.P99), us(med.Max), p50r, tpr, mib(cell.RSSPeakKiB), per)
+					p("| %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c, t, med.Throughput,
+						us(med.P50), us(med.P90), us(med.P99), us(med.Max), p50r, tpr, cpuUS(med.ServerCPU), cpuUS(med.ClientCPU), cpur, bound, mib(cell.RSSPeakKiB), per)
 				}
 			}
 			p("\n")
@@ -200,6 +259,13 @@ func WriteMarkdown(w io.Writer, r *Report) error {
 			}
 			p("\n")
 		}
+	}
+	for _, t := range r.Tables {
+		p("### %s\n\n| %s |\n|%s\n", t.Title, strings.Join(t.Header, " | "), strings.Repeat("---|", len(t.Header)))
+		for _, row := range t.Rows {
+			p("| %s |\n", strings.Join(row, " | "))
+		}
+		p("\n")
 	}
 	if len(r.Storm) > 0 {
 		p("### Cold-start decrypt storm\n\nEach round starts the server afresh (empty KEK cache) and sends every Decrypt at once, %d in flight. "+
@@ -274,5 +340,7 @@ func medianSummary(rs []Summary) Summary {
 		P90:        d(func(s Summary) time.Duration { return s.P90 }),
 		P99:        d(func(s Summary) time.Duration { return s.P99 }),
 		Max:        d(func(s Summary) time.Duration { return s.Max }),
+		ServerCPU:  d(func(s Summary) time.Duration { return s.ServerCPU }),
+		ClientCPU:  d(func(s Summary) time.Duration { return s.ClientCPU }),
 	}
 }

@@ -18,6 +18,12 @@ type Summary struct {
 	P90        time.Duration `json:"p90_ns"`
 	P99        time.Duration `json:"p99_ns"`
 	Max        time.Duration `json:"max_ns"`
+	// ServerCPU and ClientCPU are the CPU time (user+system) the server
+	// process and the load generator spent per successful call, where
+	// measured. Unlike throughput, they hardly move with the machine's
+	// other load, so they are the steadier measure of a server's cost.
+	ServerCPU time.Duration `json:"server_cpu_per_call_ns,omitempty"`
+	ClientCPU time.Duration `json:"client_cpu_per_call_ns,omitempty"`
 }
 
 // Summarize computes a Summary. lat is sorted in place.

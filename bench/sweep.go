@@ -138,19 +138,11 @@ func (t *Target) OpFunc(op string) (Op, error) {
 // that neither drift in the machine's load nor going first favours one.
 // Targets must have been Prepared.
 func Sweep(ctx context.Context, cfg SweepConfig, targets ...*Target) (*SweepResult, error) {
-	res := &SweepResult{Ops: cfg.Ops, Concurrency: cfg.Concurrency, Rounds: cfg.Rounds, Duration: cfg.Duration}
-	merged := map[*Cell][]time.Duration{}
-	errCount := map[*Cell]int{}
-	for _, t := range targets {
-		res.Targets = append(res.Targets, t.Name)
+	names := make([]string, len(targets))
+	for i, t := range targets {
+		names[i] = t.Name
 	}
-	for _, op := range cfg.Ops {
-		for _, conc := range cfg.Concurrency {
-			for _, t := range targets {
-				res.Cells = append(res.Cells, &Cell{Target: t.Name, Op: op, Concurrency: conc})
-			}
-		}
-	}
+	rec := NewRecorder(cfg.Ops, cfg.Concurrency, names, cfg.Rounds, cfg.Duration)
 	for round := range cfg.Rounds {
 		for _, op := range cfg.Ops {
 			for _, conc := range cfg.Concurrency {
@@ -167,22 +159,26 @@ func Sweep(ctx context.Context, cfg SweepConfig, targets ...*Target) (*SweepResu
 						Run(ctx, Load{Concurrency: conc, Duration: cfg.Warmup}, f)
 					}
 					var rss *RSSSampler
+					var cpu0 time.Duration
 					if t.PID != 0 {
 						rss = SampleRSS(t.PID, 20*time.Millisecond)
+						cpu0, _ = ReadCPU(t.PID)
 					}
+					self0 := SelfCPU()
 					s := Run(ctx, Load{Concurrency: conc, Duration: cfg.Duration, Ops: cfg.Calls}, f)
-					c := res.Cell(t.Name, op, conc)
+					s.ClientCPU = SelfCPU() - self0
+					var peak int64
 					if rss != nil {
-						c.RSSPeakKiB = max(c.RSSPeakKiB, rss.Stop())
+						peak = rss.Stop()
+						if cpu1, err := ReadCPU(t.PID); err == nil {
+							s.ServerCPU = cpu1 - cpu0
+						}
 					}
-					if s.Errors > 0 && cfg.Progress != nil {
-						fmt.Fprintf(cfg.Progress, "  %s %s c=%d: %d errors, first: %v\n", t.Name, op, conc, s.Errors, s.FirstErr)
-					}
-					sum := Summarize(s.Latencies, s.Errors, s.Elapsed)
-					c.Rounds = append(c.Rounds, sum)
-					merged[c] = append(merged[c], s.Latencies...)
-					errCount[c] += s.Errors
+					sum := rec.Add(t.Name, op, conc, s, peak)
 					if cfg.Progress != nil {
+						if s.Errors > 0 {
+							fmt.Fprintf(cfg.Progress, "  %s %s c=%d: %d errors, first: %v\n", t.Name, op, conc, s.Errors, s.FirstErr)
+						}
 						fmt.Fprintf(cfg.Progress, "round %d/%d %-8s c=%-3d %-22s %9.0f/s  p50 %8s  p99 %8s\n",
 							round+1, cfg.Rounds, op, conc, t.Name, sum.Throughput, sum.P50.Round(100*time.Nanosecond), sum.P99.Round(100*time.Nanosecond))
 					}
@@ -190,16 +186,64 @@ func Sweep(ctx context.Context, cfg SweepConfig, targets ...*Target) (*SweepResu
 			}
 		}
 	}
-	for _, c := range res.Cells {
-		lat := merged[c]
-		var elapsed time.Duration
-		for _, r := range c.Rounds {
-			elapsed += r.Elapsed
-		}
-		c.All = Summarize(lat, errCount[c], elapsed)
-		c.CDF = CDF(lat, max(cfg.CDFPoints, 2))
+	return rec.Result(cfg.CDFPoints), nil
+}
+
+// Recorder collects rounds into a SweepResult, for scenarios that drive
+// their targets themselves (the apiserver-level benchmark).
+type Recorder struct {
+	res    *SweepResult
+	merged map[*Cell][]time.Duration
+	errs   map[*Cell]int
+}
+
+// NewRecorder makes an empty result with a cell for every target, op and
+// concurrency.
+func NewRecorder(ops []string, conc []int, targets []string, rounds int, d time.Duration) *Recorder {
+	r := &Recorder{
+		res:    &SweepResult{Ops: ops, Concurrency: conc, Rounds: rounds, Duration: d, Targets: targets},
+		merged: map[*Cell][]time.Duration{},
+		errs:   map[*Cell]int{},
 	}
-	return res, nil
+	for _, op := range ops {
+		for _, c := range conc {
+			for _, t := range targets {
+				r.res.Cells = append(r.res.Cells, &Cell{Target: t, Op: op, Concurrency: c})
+			}
+		}
+	}
+	return r
+}
+
+// Add records one round of target at op and concurrency, with the peak
+// VmRSS seen (0 if not sampled), and returns its summary.
+func (r *Recorder) Add(target, op string, conc int, s Sample, rssPeak int64) Summary {
+	c := r.res.Cell(target, op, conc)
+	if c == nil {
+		c = &Cell{Target: target, Op: op, Concurrency: conc}
+		r.res.Cells = append(r.res.Cells, c)
+	}
+	c.RSSPeakKiB = max(c.RSSPeakKiB, rssPeak)
+	r.merged[c] = append(r.merged[c], s.Latencies...)
+	r.errs[c] += s.Errors
+	sum := s.Summary()
+	c.Rounds = append(c.Rounds, sum)
+	return sum
+}
+
+// Result summarises every cell over all its rounds, with a CDF of at most
+// cdfPoints points.
+func (r *Recorder) Result(cdfPoints int) *SweepResult {
+	for _, c := range r.res.Cells {
+		lat := r.merged[c]
+		var elapsed time.Duration
+		for _, x := range c.Rounds {
+			elapsed += x.Elapsed
+		}
+		c.All = Summarize(lat, r.errs[c], elapsed)
+		c.CDF = CDF(lat, max(cdfPoints, 2))
+	}
+	return r.res
 }
 
 // Comparison is one target against a base at one op and concurrency: the
@@ -216,6 +260,14 @@ type Comparison struct {
 	P50Ratio    float64   `json:"p50_ratio"`
 	P99Ratio    float64   `json:"p99_ratio"`
 	TputRatio   float64   `json:"throughput_ratio"`
+	// CPURatio is the server's CPU per call over the base's; BoundRatio
+	// is the base's CPU per call, client and server together, over the
+	// target's: the throughput ratio that CPU cost alone predicts when the
+	// client and server share saturated cores (0 where not measured).
+	CPURatios   []float64 `json:"server_cpu_ratios,omitempty"`
+	CPURatio    float64   `json:"server_cpu_ratio,omitempty"`
+	BoundRatios []float64 `json:"cpu_bound_throughput_ratios,omitempty"`
+	BoundRatio  float64   `json:"cpu_bound_throughput_ratio,omitempty"`
 }
 
 // Compare pairs target's and base's rounds at op and concurrency.
@@ -240,6 +292,12 @@ func (r *SweepResult) Compare(target, base, op string, conc int) (*Comparison, e
 		P99Ratios:  RoundRatios(pick(t, p99), pick(b, p99)),
 		TputRatios: RoundRatios(pick(t, tput), pick(b, tput)),
 	}
+	scpu := func(s Summary) float64 { return float64(s.ServerCPU) }
+	all := func(s Summary) float64 { return float64(s.ServerCPU + s.ClientCPU) }
+	cmp.CPURatios = RoundRatios(pick(t, scpu), pick(b, scpu))
+	cmp.BoundRatios = RoundRatios(pick(b, all), pick(t, all))
+	cmp.CPURatio = finite(Median(cmp.CPURatios))
+	cmp.BoundRatio = finite(Median(cmp.BoundRatios))
 	cmp.P50Ratio = finite(Median(cmp.P50Ratios))
 	cmp.P99Ratio = finite(Median(cmp.P99Ratios))
 	cmp.TputRatio = finite(Median(cmp.TputRatios))

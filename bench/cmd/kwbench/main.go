@@ -32,7 +32,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -62,6 +61,7 @@ type options struct {
 	pool          int
 	slowDelay     time.Duration
 	bare          bool
+	aa            bool
 	scenarios     map[string]bool
 	stormDecrypts int
 	stormKEKs     int
@@ -75,15 +75,16 @@ func parseFlags(args []string) (*options, error) {
 	o := &options{args: args}
 	fs := flag.NewFlagSet("kwbench", flag.ContinueOnError)
 	fs.StringVar(&o.out, "out", "", "results folder (default bench/results/tmp/<UTC time>)")
-	fs.StringVar(&o.bin, "bin", "", "folder with prebuilt keywarden, kwfloor and kwlab (default: build them into <out>/bin)")
+	fs.StringVar(&o.bin, "bin", "", "folder with prebuilt keywarden, kwfloor and kwlab (default: build them into a temporary folder)")
 	concs := fs.String("conc", "1,4,16,64,256", "concurrencies to sweep")
 	ops := fs.String("ops", "encrypt,decrypt", "operations to sweep")
 	fs.IntVar(&o.conns, "conns", 1, "gRPC connections per target (kube-apiserver uses one)")
-	fs.IntVar(&o.rounds, "rounds", 5, "rounds of the sweep (at least 5 for published figures)")
-	fs.DurationVar(&o.duration, "duration", time.Second, "measured time per target, op, concurrency and round")
-	fs.DurationVar(&o.warmup, "warmup", 200*time.Millisecond, "unrecorded warm-up before each measurement")
+	fs.IntVar(&o.rounds, "rounds", 15, "rounds of the sweep (at least 5 for published figures)")
+	fs.DurationVar(&o.duration, "duration", 300*time.Millisecond, "measured time per target, op, concurrency and round (short rounds, many of them: the targets of one round then see the same machine)")
+	fs.DurationVar(&o.warmup, "warmup", 100*time.Millisecond, "unrecorded warm-up before each measurement")
 	fs.IntVar(&o.pool, "pool", 64, "distinct seeds and ciphertexts the sweep cycles over")
 	fs.DurationVar(&o.slowDelay, "slow-delay", 20*time.Millisecond, "latency injected per keystore call for the slow-keystore targets (0: leave them out)")
+	fs.BoolVar(&o.aa, "aa", true, "also sweep a second floor process (floor-2): the floor/floor ratio shows how far this machine's noise moves a ratio")
 	fs.BoolVar(&o.bare, "bare", true, "also sweep keywarden's service without its interceptors (kwlab --bare), to split its cost over the floor")
 	scen := fs.String("scenarios", "sweep,storm", "scenarios to run: sweep, storm")
 	fs.IntVar(&o.stormDecrypts, "storm-decrypts", 1000, "Decrypts in the cold-start storm")
@@ -128,6 +129,7 @@ func parseFlags(args []string) (*options, error) {
 // Target names in reports.
 const (
 	floorName   = "floor"
+	floor2Name  = "floor-2"
 	kwName      = "keywarden"
 	bareName    = "keywarden-bare"
 	slowName    = "keywarden-slowks"
@@ -158,7 +160,10 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	e := &env{o: o, bin: o.bin}
 	if e.bin == "" {
-		e.bin = filepath.Join(o.out, "bin")
+		if e.bin, err = os.MkdirTemp("", "kwbench-bin"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(e.bin)
 		fmt.Fprintln(stdout, "building keywarden, kwfloor, kwlab into", e.bin)
 		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", e.bin+"/", "./cmd/keywarden", "./bench/cmd/kwfloor", "./bench/cmd/kwlab")
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -274,6 +279,11 @@ func (e *env) start(ctx context.Context, s server) (*bench.Process, error) {
 func sweep(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error {
 	o := e.o
 	servers := []server{floorServer(), kwServer()}
+	if o.aa {
+		f2 := floorServer()
+		f2.name = floor2Name
+		servers = append(servers, f2)
+	}
 	if o.bare {
 		servers = append(servers, labServer(bareName, lab.ModeLocalKEK, 0, "--bare"))
 	}
@@ -465,12 +475,31 @@ func checks(o *options, r *bench.Report) []bench.Check {
 	}
 	p50 := func(c *bench.Comparison) float64 { return c.P50Ratio }
 	tput := func(c *bench.Comparison) float64 { return c.TputRatio }
+	bound := func(c *bench.Comparison) float64 {
+		if c.BoundRatio == 0 {
+			return math.NaN()
+		}
+		return c.BoundRatio
+	}
+	// aa says what the same statistic gave for floor-2 against floor: the
+	// noise this run could not tell from a difference.
+	aa := func(op string, conc int, f func(*bench.Comparison) float64) string {
+		c := r.Comparison(floor2Name, floorName, op, conc)
+		if c == nil {
+			return ""
+		}
+		return fmt.Sprintf("A/A control (floor-2 / floor) at the same point: %.3f", f(c))
+	}
 	if r.Sweep != nil {
 		for _, op := range o.ops {
-			cs = append(cs, bench.NewCheck(op+" p50 / floor, concurrency 1", nan(r.Comparison(kwName, floorName, op, 1), p50), "<=", 1.10, "×", ""))
+			cs = append(cs, bench.NewCheck(op+" p50 / floor, concurrency 1", nan(r.Comparison(kwName, floorName, op, 1), p50), "<=", 1.10, "×", aa(op, 1, p50)))
 		}
 		for _, op := range o.ops {
-			cs = append(cs, bench.NewCheck(op+" throughput / floor, concurrency 64", nan(r.Comparison(kwName, floorName, op, 64), tput), ">=", 0.95, "×", ""))
+			cs = append(cs, bench.NewCheck(op+" throughput / floor, concurrency 64", nan(r.Comparison(kwName, floorName, op, 64), tput), ">=", 0.95, "×", aa(op, 64, tput)))
+		}
+		for _, op := range o.ops {
+			cs = append(cs, bench.NewCheck(op+" CPU-bound throughput / floor, concurrency 64 (from CPU per call, client + server)",
+				nan(r.Comparison(kwName, floorName, op, 64), bound), ">=", 0.95, "×", aa(op, 64, bound)))
 		}
 		if o.slowDelay > 0 {
 			for _, op := range o.ops {
@@ -508,29 +537,15 @@ func checks(o *options, r *bench.Report) []bench.Check {
 }
 
 func meta(start time.Time, o *options) bench.Meta {
-	m := bench.Meta{Start: start, GoVersion: runtime.Version(), Cores: runtime.NumCPU(), Conns: o.conns,
-		Command: strings.TrimSpace("go run ./bench/cmd/kwbench " + strings.Join(o.args, " "))}
-	if b, err := exec.Command("git", "rev-parse", "--short=12", "HEAD").Output(); err == nil {
-		m.Commit = strings.TrimSpace(string(b))
-	}
-	if b, err := exec.Command("git", "status", "--porcelain", "--", "kms", "keystore", "cmd/keywarden", "metrics", "bench", "go.mod").Output(); err == nil && len(b) > 0 {
-		m.Commit += "+uncommitted"
-		m.Notes = append(m.Notes, "The measured code had uncommitted changes: "+strings.Join(strings.Fields(string(b)), " "))
-	}
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
-				m.CPU = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		m.Kernel = strings.TrimSpace(string(b))
-	}
+	m := bench.DefaultMeta(start)
+	m.Conns = o.conns
+	m.Command = strings.TrimSpace("go run ./bench/cmd/kwbench " + strings.Join(o.args, " "))
 	if o.slowDelay > 0 {
 		m.Notes = append(m.Notes, fmt.Sprintf("%s and %s run the benchmark-only kwlab server with %s added to every keystore call; %s calls the keystore on every request (no local KEK).",
 			slowName, perCallName, o.slowDelay, perCallName))
+	}
+	if o.aa {
+		m.Notes = append(m.Notes, floor2Name+" is a second, identical floor process: its ratios to floor are this run's noise, the resolution of every other ratio.")
 	}
 	if o.bare {
 		m.Notes = append(m.Notes, bareName+" is a diagnostic: keywarden's kms.Service served without its interceptors (metrics, logging, recovery); keywarden never runs so.")
