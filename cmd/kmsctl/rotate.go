@@ -467,6 +467,12 @@ func (g *globals) waitPickup(ctx context.Context, f *rotateFlags, keyID string) 
 	t0 := g.now()
 	last := "no canary written yet"
 	for i := 0; ; i++ {
+		if i > 0 {
+			// kube-apiserver calls Status once a minute, and also for
+			// /readyz/kms-providers when its last answer is over 20 s old
+			// (as a load balancer's probe would): ask, to learn sooner.
+			_ = k.disc.RESTClient().Get().AbsPath("/readyz/kms-providers").Do(ctx).Error()
+		}
 		obj := &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": "v1", "kind": "Secret",
 			"metadata":   map[string]any{"name": canaryName, "namespace": f.canaryNS, "labels": map[string]any{"app.kubernetes.io/managed-by": "kmsctl"}},
