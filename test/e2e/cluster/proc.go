@@ -100,7 +100,9 @@ func (p *proc) kill() {
 	<-p.done
 }
 
-// tail returns the last n lines of the log file.
+// Tail returns the last n lines of a log file.
+func Tail(path string, n int) string { return tail(path, n) }
+
 func tail(path string, n int) string {
 	f, err := os.Open(path)
 	if err != nil {
