@@ -1,0 +1,9 @@
+// Package deploy holds keywarden's deployment files (static pod,
+// EncryptionConfigurations, kubeadm and kind configuration, Prometheus alerts,
+// Grafana dashboard) and the tests that keep them correct: every file parses,
+// the pieces agree with each other and with the real binary's flags and
+// metrics, the alerts pass promtool, and (with the e2e build tag) the
+// manifests are accepted by a real kube-apiserver.
+//
+// There is no Go API here: the package exists for its tests.
+package deploy
