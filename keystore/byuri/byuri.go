@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/keywarden/keywarden/keystore"
+	"github.com/keywarden/keywarden/keystore/awskms"
 	"github.com/keywarden/keywarden/keystore/file"
 )
 
@@ -27,6 +28,12 @@ func Open(ctx context.Context, uri string) (keystore.Backend, error) {
 		return file.Open(p)
 	case "pkcs11":
 		return openPKCS11(ctx, uri)
+	case awskms.Scheme:
+		b, err := awskms.Open(ctx, uri)
+		if err != nil {
+			return nil, err // not a nil *awskms.Backend inside a non-nil interface
+		}
+		return b, nil
 	default:
 		return nil, fmt.Errorf("%w: unknown keystore scheme %q", keystore.ErrConfig, scheme)
 	}

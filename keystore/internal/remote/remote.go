@@ -1,0 +1,222 @@
+// Package remote holds what every network keystore backend (awskms, gcpkms,
+// azurekv, vault) does the same way: per-attempt timeouts, retries with
+// backoff and full jitter for idempotent calls, and a TTL cache for the key
+// metadata that KeyID serves.
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/keywarden/keywarden/keystore"
+)
+
+// Defaults shared by the remote backends; each backend's URI may override
+// the timeout and the key-id TTL.
+const (
+	DefaultTimeout  = 5 * time.Second
+	DefaultAttempts = 3
+	DefaultKeyIDTTL = time.Minute
+	baseBackoff     = 50 * time.Millisecond
+	maxBackoff      = 2 * time.Second
+)
+
+// Retry runs one remote call, retrying it only when it failed with a class
+// worth retrying (ErrUnavailable, ErrThrottled). Only idempotent calls
+// (encrypt, decrypt, reads) go through Do; a call that changes key state
+// (rotate, create) is run once with Once.
+type Retry struct {
+	// Attempts is the total number of tries (at least 1).
+	Attempts int
+	// Timeout bounds each attempt; the caller's context bounds them all.
+	Timeout time.Duration
+	// Base and Max shape the exponential backoff (full jitter).
+	Base, Max time.Duration
+}
+
+// DefaultRetry is three attempts of at most timeout each.
+func DefaultRetry(timeout time.Duration) Retry {
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	return Retry{Attempts: DefaultAttempts, Timeout: timeout, Base: baseBackoff, Max: maxBackoff}
+}
+
+// Retryable reports whether err is of a class a retry can help with.
+func Retryable(err error) bool {
+	return errors.Is(err, keystore.ErrUnavailable) || errors.Is(err, keystore.ErrThrottled)
+}
+
+// Do runs op with a per-attempt timeout until it succeeds, fails with a
+// class Retryable refuses, the attempts run out, or ctx ends. op must return
+// errors already sorted into keystore's classes. When ctx ends, the error
+// wraps ctx.Err() so that callers see context.Canceled or DeadlineExceeded.
+func (r Retry) Do(ctx context.Context, op func(ctx context.Context) error) error {
+	attempts := max(r.Attempts, 1)
+	var err error
+	for i := range attempts {
+		if i > 0 {
+			if werr := sleep(ctx, r.backoff(i)); werr != nil {
+				return fmt.Errorf("%w (after %d attempts, last: %v)", werr, i, err)
+			}
+		}
+		err = r.once(ctx, op)
+		if err == nil || !Retryable(err) || ctx.Err() != nil {
+			return err
+		}
+	}
+	return err
+}
+
+// Once runs op a single time under the per-attempt timeout.
+func (r Retry) Once(ctx context.Context, op func(ctx context.Context) error) error {
+	return r.once(ctx, op)
+}
+
+func (r Retry) once(ctx context.Context, op func(ctx context.Context) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	actx, cancel := ctx, context.CancelFunc(func() {})
+	if r.Timeout > 0 {
+		actx, cancel = context.WithTimeout(ctx, r.Timeout)
+	}
+	defer cancel()
+	err := op(actx)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		// The caller gave up: report that, whatever the SDK made of it.
+		if errors.Is(err, ctx.Err()) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", ctx.Err(), err)
+	case actx.Err() != nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || !classified(err)):
+		// Our own per-attempt timeout: the keystore is too slow.
+		return fmt.Errorf("%w: no answer within %s", keystore.ErrUnavailable, r.Timeout)
+	}
+	return err
+}
+
+func (r Retry) backoff(attempt int) time.Duration {
+	d := r.Base << (attempt - 1)
+	if d <= 0 || d > r.Max {
+		d = r.Max
+	}
+	if d <= 0 {
+		return 0
+	}
+	return rand.N(d) + 1
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// classified reports whether err already carries one of keystore's classes.
+func classified(err error) bool {
+	for _, s := range []error{
+		keystore.ErrInvalid, keystore.ErrKeyNotFound, keystore.ErrKeyDisabled,
+		keystore.ErrPermission, keystore.ErrThrottled, keystore.ErrUnavailable, keystore.ErrConfig,
+	} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// Cache holds one value fetched from the keystore (key metadata: the primary
+// version and what KeyID reports) for a TTL. Concurrent refreshes share one
+// fetch. The zero value is not usable; use NewCache.
+type Cache[T any] struct {
+	ttl time.Duration
+	now func() time.Time
+
+	mu  sync.RWMutex
+	val T
+	at  time.Time
+	ok  bool
+
+	sf singleflight.Group
+}
+
+// NewCache makes a cache whose values live ttl. now is injected by tests
+// (nil means time.Now).
+func NewCache[T any](ttl time.Duration, now func() time.Time) *Cache[T] {
+	if now == nil {
+		now = time.Now
+	}
+	return &Cache[T]{ttl: ttl, now: now}
+}
+
+// Peek returns the cached value, fresh or not, and whether there is one.
+func (c *Cache[T]) Peek() (T, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.val, c.ok
+}
+
+// Set stores v as fresh.
+func (c *Cache[T]) Set(v T) {
+	c.mu.Lock()
+	c.val, c.at, c.ok = v, c.now(), true
+	c.mu.Unlock()
+}
+
+// Invalidate makes the next Get fetch, keeping the old value for Peek.
+func (c *Cache[T]) Invalidate() {
+	c.mu.Lock()
+	c.at = time.Time{}
+	c.mu.Unlock()
+}
+
+// Get returns the cached value if it is younger than the TTL, and otherwise
+// fetches, stores and returns a new one. A failed fetch returns its error
+// and keeps the old value for Peek; the next Get tries again.
+func (c *Cache[T]) Get(ctx context.Context, fetch func(ctx context.Context) (T, error)) (T, error) {
+	c.mu.RLock()
+	v, at, ok := c.val, c.at, c.ok
+	c.mu.RUnlock()
+	if ok && !at.IsZero() && c.now().Sub(at) < c.ttl {
+		return v, nil
+	}
+	return c.Refresh(ctx, fetch)
+}
+
+// Refresh fetches now, whatever the age of the cached value.
+func (c *Cache[T]) Refresh(ctx context.Context, fetch func(ctx context.Context) (T, error)) (T, error) {
+	ch := c.sf.DoChan("", func() (any, error) {
+		v, err := fetch(ctx)
+		if err != nil {
+			return nil, err
+		}
+		c.Set(v)
+		return v, nil
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			var zero T
+			return zero, r.Err
+		}
+		return r.Val.(T), nil
+	case <-ctx.Done():
+		var zero T
+		return zero, ctx.Err()
+	}
+}

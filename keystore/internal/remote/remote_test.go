@@ -1,0 +1,121 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keywarden/keywarden/keystore"
+)
+
+func TestRetryDo(t *testing.T) {
+	tests := []struct {
+		name      string
+		errs      []error // returned by successive attempts; nil after the end
+		wantCalls int
+		want      error
+	}{
+		{"ok", nil, 1, nil},
+		{"unavailable then ok", []error{keystore.ErrUnavailable}, 2, nil},
+		{"throttled throughout", []error{keystore.ErrThrottled, keystore.ErrThrottled, keystore.ErrThrottled, nil}, 3, keystore.ErrThrottled},
+		{"invalid not retried", []error{keystore.ErrInvalid}, 1, keystore.ErrInvalid},
+		{"permission not retried", []error{keystore.ErrPermission}, 1, keystore.ErrPermission},
+		{"unclassified not retried", []error{errors.New("bug")}, 1, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := Retry{Attempts: 3, Timeout: time.Second, Base: time.Millisecond, Max: 2 * time.Millisecond}
+			calls := 0
+			err := r.Do(context.Background(), func(context.Context) error {
+				calls++
+				if calls <= len(tc.errs) {
+					return tc.errs[calls-1]
+				}
+				return nil
+			})
+			if calls != tc.wantCalls {
+				t.Fatalf("%d calls, want %d", calls, tc.wantCalls)
+			}
+			if tc.want != nil && !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			if tc.want == nil && tc.name != "unclassified not retried" && err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestRetryTimeouts(t *testing.T) {
+	r := Retry{Attempts: 2, Timeout: 20 * time.Millisecond, Base: time.Millisecond, Max: time.Millisecond}
+	hang := func(ctx context.Context) error {
+		<-ctx.Done()
+		return fmt.Errorf("sdk: %w", ctx.Err())
+	}
+	// Our per-attempt timeout: the keystore is too slow, Unavailable.
+	if err := r.Do(context.Background(), hang); !errors.Is(err, keystore.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("per-attempt timeout: %v, want ErrUnavailable only", err)
+	}
+	// The caller's deadline: reported as such.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	r.Timeout = time.Second
+	if err := r.Do(ctx, hang); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("caller deadline: %v, want DeadlineExceeded", err)
+	}
+	// An SDK that hides the context error is still reported as cancelled.
+	cctx, ccancel := context.WithCancel(context.Background())
+	ccancel()
+	if err := r.Do(cctx, func(context.Context) error { return keystore.ErrUnavailable }); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled: %v, want Canceled", err)
+	}
+}
+
+func TestCache(t *testing.T) {
+	now := time.Unix(0, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	c := NewCache[int](time.Minute, clock)
+	var fetches atomic.Int64
+	fetch := func(context.Context) (int, error) {
+		time.Sleep(5 * time.Millisecond)
+		return int(fetches.Add(1)), nil
+	}
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Go(func() {
+			if v, err := c.Get(ctx, fetch); err != nil || v != 1 {
+				t.Errorf("Get = %d, %v", v, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := fetches.Load(); n != 1 {
+		t.Fatalf("%d concurrent fetches, want 1", n)
+	}
+	mu.Lock()
+	now = now.Add(59 * time.Second)
+	mu.Unlock()
+	if v, _ := c.Get(ctx, fetch); v != 1 {
+		t.Fatalf("refetched before the TTL: %d", v)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Second)
+	mu.Unlock()
+	if v, _ := c.Get(ctx, fetch); v != 2 {
+		t.Fatalf("not refetched after the TTL: %d", v)
+	}
+	c.Invalidate()
+	failing := func(context.Context) (int, error) { return 0, keystore.ErrUnavailable }
+	if _, err := c.Get(ctx, failing); !errors.Is(err, keystore.ErrUnavailable) {
+		t.Fatalf("failed fetch: %v", err)
+	}
+	if v, ok := c.Peek(); !ok || v != 2 {
+		t.Fatalf("Peek after a failed fetch = %d, %v; want the last good value", v, ok)
+	}
+}
