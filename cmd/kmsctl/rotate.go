@@ -36,8 +36,6 @@ const (
 	stepAudit   = "audit"
 )
 
-var rotateSteps = []string{stepAdd, stepPromote, stepPlugin, stepPickup, stepMigrate, stepAudit}
-
 // rotateState is the rotation's state file: which steps are done, so that
 // --resume goes on after the first surprise.
 type rotateState struct {
@@ -465,7 +463,7 @@ func (g *globals) waitPickup(ctx context.Context, f *rotateFlags, keyID string) 
 	}()
 	etcdKey := strings.TrimSuffix(path.Clean(f.etcd.prefix), "/") + "/secrets/" + f.canaryNS + "/" + canaryName
 	t0 := g.now()
-	last := "no canary written yet"
+	var last string
 	for i := 0; ; i++ {
 		if i > 0 {
 			// kube-apiserver calls Status once a minute, and also for

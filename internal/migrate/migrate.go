@@ -255,7 +255,7 @@ func Run(ctx context.Context, c Client, opts Options) (*Summary, error) {
 	for _, n := range order {
 		rs := st.Resources[n]
 		sum.Resources = append(sum.Resources, ResourceSummary{Name: n, Done: rs.Done, Counts: rs.Counts})
-		sum.Counts.add(rs.Counts)
+		sum.add(rs.Counts)
 	}
 	sum.Duration = jsonDuration(time.Since(start))
 	return sum, err
@@ -288,7 +288,7 @@ func (m *migrator) resource(ctx context.Context, t Target) error {
 			var se apierrors.APIStatus
 			next := ""
 			if errors.As(err, &se) {
-				next = se.Status().ListMeta.Continue
+				next = se.Status().Continue
 			}
 			log.Warn("continue token expired", "restartFromBeginning", next == "")
 			rs.Continue = next
@@ -304,7 +304,7 @@ func (m *migrator) resource(ctx context.Context, t Target) error {
 			}
 		}
 		c, err := m.page(ctx, t, list.Items, total, &processed, rs.Counts)
-		rs.Counts.add(c)
+		rs.add(c)
 		if err != nil {
 			// The page is not finished: keep the previous token, so a resume
 			// re-reads it (objects already rewritten are then skipped).

@@ -77,7 +77,7 @@ func (f *fakeCluster) List(_ context.Context, gvr schema.GroupVersionResource, o
 	f.lists = append(f.lists, opts.Continue)
 	if f.expire[opts.Continue] {
 		se := apierrors.NewResourceExpired("continue token expired")
-		se.ErrStatus.ListMeta.Continue = "inconsistent-" + opts.Continue
+		se.ErrStatus.Continue = "inconsistent-" + opts.Continue
 		return nil, se
 	}
 	ks := f.keys()

@@ -80,8 +80,9 @@ func TestGoldenApiserver(t *testing.T) {
 		t.Fatalf("%d local KEKs, want 2: %v", len(keks), keks)
 	}
 	for _, names := range keks {
-		if !(names["g1"] && names["g2"] && names["g3"] && names["c1"] && len(names) == 4) &&
-			!(names["g4"] && names["c2"] && len(names) == 2) {
+		first := names["g1"] && names["g2"] && names["g3"] && names["c1"] && len(names) == 4
+		second := names["g4"] && names["c2"] && len(names) == 2
+		if !first && !second {
 			t.Fatalf("unexpected grouping of objects by local KEK: %v", keks)
 		}
 	}
