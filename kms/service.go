@@ -42,6 +42,12 @@ const (
 	DefaultCacheSize       = 1024
 	// maxKEKUses stays far below the 2^32 random-nonce limit of AES-GCM.
 	maxKEKUses = 1 << 30
+	// A wrapped KEK the keystore refused as unknown, disabled or invalid is
+	// remembered this long, so that a wrong keyset or a stream of bad
+	// requests costs one keystore call per KEK per period, not one per RPC.
+	// Short, so that a version added or re-enabled is seen quickly.
+	negativeTTL  = 5 * time.Second
+	negativeSize = 256
 )
 
 // Config configures a Service. Backend is required; zero fields get defaults.
@@ -77,9 +83,10 @@ type Service struct {
 	log     *slog.Logger
 	backend string
 
-	cur   atomic.Pointer[kek]
-	cache *lru.Cache[string, *kek]
-	group singleflight.Group
+	cur      atomic.Pointer[kek]
+	cache    *lru.Cache[string, *kek]
+	negative *lru.Cache[string, refusal]
+	group    singleflight.Group
 
 	mintMu    sync.Mutex // serialises making a new current KEK
 	health    atomic.Pointer[health]
@@ -95,6 +102,12 @@ type kek struct {
 	aad        []byte // envelope.AAD(rootKeyID, annotation), fixed per KEK
 	created    time.Time
 	uses       atomic.Uint64
+}
+
+// refusal is a keystore's lasting "no" to one wrapped KEK.
+type refusal struct {
+	err   error
+	until time.Time
 }
 
 type health struct {
@@ -143,7 +156,11 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kms: %w", err)
 	}
-	s := &Service{cfg: cfg, log: cfg.Logger, backend: cfg.Backend.Name(), cache: cache}
+	negative, err := lru.New[string, refusal](negativeSize)
+	if err != nil {
+		return nil, fmt.Errorf("kms: %w", err)
+	}
+	s := &Service{cfg: cfg, log: cfg.Logger, backend: cfg.Backend.Name(), cache: cache, negative: negative}
 	s.health.Store(&health{reason: "starting"})
 	s.Check(ctx)
 	return s, nil
@@ -268,14 +285,24 @@ func (s *Service) kekFor(ctx context.Context, ann []byte, keyID string) (*kek, e
 	if rootID != keyID {
 		return nil, fmt.Errorf("%w: key_id does not match the wrapped KEK", errInvalidRequest)
 	}
-	s.cfg.Metrics.CacheMiss()
 	key := string(ann)
+	if r, ok := s.negative.Get(key); ok {
+		if s.cfg.Now().Before(r.until) {
+			return nil, r.err
+		}
+		s.negative.Remove(key)
+	}
+	s.cfg.Metrics.CacheMiss()
 	ch := s.group.DoChan(key, func() (any, error) {
 		// Detached from the first caller: others may be waiting on the
 		// same KEK with longer deadlines.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.KeystoreTimeout)
 		defer cancel()
-		return s.unwrapKEK(cctx, bytes.Clone(ann), rootID, rootCT, time.Time{})
+		k, err := s.unwrapKEK(cctx, bytes.Clone(ann), rootID, rootCT, time.Time{})
+		if lasting(err) {
+			s.negative.Add(key, refusal{err: err, until: s.cfg.Now().Add(negativeTTL)})
+		}
+		return k, err
 	})
 	select {
 	case r := <-ch:
@@ -286,6 +313,12 @@ func (s *Service) kekFor(ctx context.Context, ann []byte, keyID string) (*kek, e
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// lasting reports whether the keystore's refusal will hold for a while:
+// transient failures (unavailable, throttled, timeouts) are retried at once.
+func lasting(err error) bool {
+	return errors.Is(err, keystore.ErrKeyNotFound) || errors.Is(err, keystore.ErrKeyDisabled) || errors.Is(err, keystore.ErrInvalid)
 }
 
 // unwrapKEK asks the keystore for a local KEK and caches it.

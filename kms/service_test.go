@@ -288,6 +288,7 @@ func TestDecryptKeyStates(t *testing.T) {
 	if err := e.file.Destroy(ctx, old); err != nil {
 		t.Fatal(err)
 	}
+	fresh = e.service(nil) // the refusal above is remembered for negativeTTL
 	if _, err := fresh.Decrypt(ctx, "u", req(r)); codeOf(err) != codes.NotFound {
 		t.Fatalf("destroyed version: %v, want NotFound", err)
 	}
@@ -515,5 +516,51 @@ func TestCodeMapping(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A wrong keyset (or a stream of forged annotations) must not turn every
+// Decrypt into a keystore call: lasting refusals are remembered briefly.
+func TestNegativeCache(t *testing.T) {
+	e := newEnv(t)
+	r := encrypt(t, e.service(nil), seed(t))
+	other := newEnv(t) // a different keyset: r's root version is unknown there
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s := other.service(func(c *Config) { c.Now = clock })
+	ctx := context.Background()
+	for range 20 {
+		if _, err := s.Decrypt(ctx, "u", req(r)); codeOf(err) != codes.NotFound {
+			t.Fatalf("Decrypt on the wrong keyset: %v, want NotFound", err)
+		}
+	}
+	if n := other.spy.Unwraps.Load(); n != 1 {
+		t.Fatalf("%d keystore unwraps for 20 refused Decrypts of one KEK, want 1", n)
+	}
+	mu.Lock()
+	now = now.Add(negativeTTL + time.Second)
+	mu.Unlock()
+	if _, err := s.Decrypt(ctx, "u", req(r)); codeOf(err) != codes.NotFound {
+		t.Fatalf("after TTL: %v", err)
+	}
+	if n := other.spy.Unwraps.Load(); n != 2 {
+		t.Fatalf("refusal not retried after its TTL: %d unwraps", n)
+	}
+	// Transient failures are not remembered.
+	fresh := e.service(nil)
+	e.spy.SetErr(fmt.Errorf("%w: down", keystore.ErrUnavailable))
+	before := e.spy.Unwraps.Load()
+	for range 3 {
+		if _, err := fresh.Decrypt(ctx, "u", req(r)); codeOf(err) != codes.Unavailable {
+			t.Fatalf("Decrypt with keystore down: %v", err)
+		}
+	}
+	if n := e.spy.Unwraps.Load() - before; n != 3 {
+		t.Fatalf("transient failure cached: %d unwraps for 3 Decrypts", n)
+	}
+	e.spy.SetErr(nil)
+	if _, err := fresh.Decrypt(ctx, "u", req(r)); err != nil {
+		t.Fatalf("Decrypt after recovery: %v", err)
 	}
 }
