@@ -11,6 +11,7 @@ import (
 	"github.com/keywarden/keywarden/keystore"
 	"github.com/keywarden/keywarden/keystore/awskms"
 	"github.com/keywarden/keywarden/keystore/file"
+	"github.com/keywarden/keywarden/keystore/gcpkms"
 )
 
 // Open opens the backend that uri names, e.g. file:///etc/keywarden/keyset.json.
@@ -32,6 +33,12 @@ func Open(ctx context.Context, uri string) (keystore.Backend, error) {
 		b, err := awskms.Open(ctx, uri)
 		if err != nil {
 			return nil, err // not a nil *awskms.Backend inside a non-nil interface
+		}
+		return b, nil
+	case gcpkms.Scheme:
+		b, err := gcpkms.Open(ctx, uri)
+		if err != nil {
+			return nil, err
 		}
 		return b, nil
 	default:
