@@ -320,7 +320,7 @@ var encryptionConfigs = []struct {
 }{
 	{"secrets.yaml", []string{"secrets: kms identity"}},
 	{"secrets-configmaps.yaml", []string{"secrets,configmaps: kms identity"}},
-	{"all-resources.yaml", []string{"events,events.events.k8s.io: identity", "*.*: kms identity"}},
+	{"all-resources.yaml", []string{"events: identity", "*.*: kms identity"}},
 	{"migrate-from-aescbc.yaml", []string{"secrets: kms aescbc identity"}},
 	{"decommission.yaml", []string{"secrets: identity kms"}},
 	{"identity-only.yaml", []string{"secrets: identity"}},
