@@ -453,7 +453,7 @@ func TestAPIServerMetricsAllowlist(t *testing.T) {
 	toolsDir := filepath.Join(repoRoot, "test", "e2e", "tools")
 	cmd := exec.Command("go", "mod", "download", "-json", "k8s.io/apiserver")
 	cmd.Dir = toolsDir
-	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod")
+	cmd.Env = append(os.Environ(), "GOWORK=off")
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("go mod download k8s.io/apiserver in %s: %v", toolsDir, err)
