@@ -16,7 +16,7 @@ GOVULNCHECK_VERSION   := v1.9.0
 TOOLS           := $(BIN)/tools
 
 .PHONY: all build build-nopkcs11 run test unit fuzz lint fmt vet golangci-lint vulncheck \
-        bench bench-socket bench-quick e2e-tools e2e image clean
+        bench bench-socket bench-quick e2e-tools e2e image clean kind-up kind-e2e kind-down
 
 all: build
 
@@ -81,6 +81,18 @@ e2e-tools:
 
 e2e: build e2e-tools
 	$(GO) test -count=1 -timeout 30m -tags e2e ./test/e2e/... -v
+	$(GO) test -count=1 -timeout 15m -tags e2e -run '^TestE2E' ./deploy -v
+
+# For users with Docker (they cannot run on the CI machine: no engine there).
+KIND_CLUSTER ?= keywarden
+kind-up: image
+	IMAGE=keywarden:$(VERSION) KIND_CLUSTER_NAME=$(KIND_CLUSTER) deploy/kind/kind-up.sh
+
+kind-e2e: kind-up
+	KIND_CLUSTER_NAME=$(KIND_CLUSTER) deploy/kind/kind-e2e.sh
+
+kind-down:
+	kind delete cluster --name $(KIND_CLUSTER)
 
 image:
 	docker build --build-arg VERSION=$(VERSION) -t keywarden:$(VERSION) .

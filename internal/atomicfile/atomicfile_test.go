@@ -3,6 +3,7 @@ package atomicfile
 import (
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -38,5 +39,29 @@ func TestWriteReplacesAndSetsMode(t *testing.T) {
 func TestWriteFailsInMissingDir(t *testing.T) {
 	if err := Write(filepath.Join(t.TempDir(), "no", "f"), []byte("x"), 0o600); err == nil {
 		t.Fatal("want error for missing directory")
+	}
+}
+
+func TestWriteKeepsOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to chown")
+	}
+	p := filepath.Join(t.TempDir(), "keyset.json")
+	if err := os.WriteFile(p, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(p, 65532, 65532); err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(p, []byte("new"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if st.Uid != 65532 || st.Gid != 65532 {
+		t.Fatalf("owner %d:%d after rewrite, want 65532:65532", st.Uid, st.Gid)
 	}
 }
