@@ -12,12 +12,12 @@ import (
 )
 
 func TestParseStatus(t *testing.T) {
-	status := "Name:\tkeywarden\nVmPeak:\t 1300000 kB\nVmHWM:\t   23456 kB\nVmRSS:\t   17890 kB\nThreads:\t9\n"
+	status := "Name:\tkeywarden\nVmPeak:\t 1300000 kB\nVmHWM:\t   23456 kB\nVmRSS:\t   17890 kB\nRssAnon:\t    4000 kB\nRssFile:\t   13890 kB\nThreads:\t9\n"
 	m, err := parseStatus([]byte(status))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.RSS != 17890 || m.HWM != 23456 {
+	if m.RSS != 17890 || m.HWM != 23456 || m.Anon != 4000 || m.File != 13890 {
 		t.Errorf("got %+v", m)
 	}
 	if _, err := parseStatus([]byte("Name:\tx\nVmRSS:\t 12 kB\n")); err == nil {

@@ -77,6 +77,8 @@ func newPlot(title, x, y string) *plot.Plot {
 	p.Y.Label.Text = y
 	p.Legend.Top = true
 	p.Legend.Left = true
+	p.Legend.YOffs = -vg.Points(6)
+	p.Legend.XOffs = vg.Points(6)
 	p.Add(plotter.NewGrid())
 	return p
 }
@@ -133,7 +135,11 @@ func ratioPlot(path string, r *Report, op string) error {
 	p := newPlot(op+": throughput / floor (median of per-round ratios)", "concurrent callers", "ratio to the floor")
 	concAxis(p, r.Sweep.Concurrency)
 	p.Y.Min = 0
+	top := 1.0
 	for i, t := range r.Sweep.Targets {
+		if t == r.Floor {
+			continue
+		}
 		var xys plotter.XYs
 		for _, c := range r.Sweep.Concurrency {
 			cmp := r.Comparison(t, r.Floor, op, c)
@@ -141,14 +147,22 @@ func ratioPlot(path string, r *Report, op string) error {
 				continue
 			}
 			xys = append(xys, plotter.XY{X: float64(c), Y: cmp.TputRatio})
+			top = max(top, cmp.TputRatio)
 		}
 		if err := addLine(p, i, t, xys, true); err != nil {
 			return err
 		}
 	}
-	if p.Y.Max < 1.1 {
-		p.Y.Max = 1.1
+	// The floor itself, as a reference line at 1.
+	one, err := plotter.NewLine(plotter.XYs{{X: p.X.Min, Y: 1}, {X: p.X.Max, Y: 1}})
+	if err != nil {
+		return err
 	}
+	one.Color = plotutil.Color(0)
+	one.Width = vg.Points(0.75)
+	p.Add(one)
+	// Headroom above the data for the legend.
+	p.Y.Max = top * 1.45
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
 }
 

@@ -104,6 +104,11 @@ func (p *Process) Stop() error {
 type Memory struct {
 	RSS int64 `json:"vm_rss_kib"` // VmRSS now
 	HWM int64 `json:"vm_hwm_kib"` // VmHWM: the peak so far
+	// VmRSS split: anonymous memory (heap, stacks: what the process
+	// allocated) and file-backed pages (mostly the executable's own code
+	// and data, shared with the page cache).
+	Anon int64 `json:"rss_anon_kib"`
+	File int64 `json:"rss_file_kib"`
 }
 
 // ReadMemory reads VmRSS and VmHWM of pid.
@@ -130,6 +135,10 @@ func parseStatus(b []byte) (Memory, error) {
 			dst = &m.RSS
 		case "VmHWM":
 			dst = &m.HWM
+		case "RssAnon":
+			dst = &m.Anon
+		case "RssFile":
+			dst = &m.File
 		default:
 			continue
 		}
@@ -142,7 +151,9 @@ func parseStatus(b []byte) (Memory, error) {
 			return m, fmt.Errorf("%s: %w", k, err)
 		}
 		*dst = n
-		found++
+		if dst == &m.RSS || dst == &m.HWM {
+			found++
+		}
 	}
 	if found != 2 {
 		return m, errors.New("VmRSS or VmHWM missing from /proc status")

@@ -300,9 +300,11 @@ func WriteMarkdown(w io.Writer, r *Report) error {
 		p("\n")
 	}
 	if len(r.Memory) > 0 {
-		p("### Resident memory (VmRSS)\n\n| target | idle after start MiB | idle after the sweep MiB | peak (VmHWM) MiB |\n|---|---:|---:|---:|\n")
+		p("### Resident memory (VmRSS)\n\nVmRSS is split into RssAnon (what the process allocated: heap, stacks) and RssFile (file-backed pages, mostly the executable itself, shared with the page cache).\n\n")
+		p("| target | idle after start MiB | of which anon / file | idle after the sweep MiB | of which anon / file | peak (VmHWM) MiB |\n|---|---:|---:|---:|---:|---:|\n")
 		for _, mm := range r.Memory {
-			p("| %s | %s | %s | %s |\n", mm.Target, mib(mm.Idle.RSS), mib(mm.AfterLoad.RSS), mib(max(mm.AfterLoad.HWM, mm.Idle.HWM)))
+			p("| %s | %s | %s / %s | %s | %s / %s | %s |\n", mm.Target, mib(mm.Idle.RSS), mib(mm.Idle.Anon), mib(mm.Idle.File),
+				mib(mm.AfterLoad.RSS), mib(mm.AfterLoad.Anon), mib(mm.AfterLoad.File), mib(max(mm.AfterLoad.HWM, mm.Idle.HWM)))
 		}
 		p("\n")
 	}

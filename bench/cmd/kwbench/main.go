@@ -509,7 +509,8 @@ func checks(o *options, r *bench.Report) []bench.Check {
 		}
 		for _, m := range r.Memory {
 			if m.Target == kwName {
-				cs = append(cs, bench.NewCheck("keywarden VmRSS idle", bench.MiB(m.Idle.RSS), "<=", 20, " MiB", "after start, one Encrypt and one Decrypt, and a pause"))
+				cs = append(cs, bench.NewCheck("keywarden VmRSS idle", bench.MiB(m.Idle.RSS), "<=", 20, " MiB",
+					fmt.Sprintf("after start, one Encrypt and one Decrypt, and a pause; of it RssAnon %.1f MiB, RssFile %.1f MiB (the executable's pages)", bench.MiB(m.Idle.Anon), bench.MiB(m.Idle.File))))
 			}
 		}
 		var peak int64
