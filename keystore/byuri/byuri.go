@@ -10,6 +10,7 @@ import (
 
 	"github.com/keywarden/keywarden/keystore"
 	"github.com/keywarden/keywarden/keystore/awskms"
+	"github.com/keywarden/keywarden/keystore/azurekv"
 	"github.com/keywarden/keywarden/keystore/file"
 	"github.com/keywarden/keywarden/keystore/gcpkms"
 )
@@ -37,6 +38,12 @@ func Open(ctx context.Context, uri string) (keystore.Backend, error) {
 		return b, nil
 	case gcpkms.Scheme:
 		b, err := gcpkms.Open(ctx, uri)
+		if err != nil {
+			return nil, err
+		}
+		return b, nil
+	case azurekv.Scheme:
+		b, err := azurekv.Open(ctx, uri)
 		if err != nil {
 			return nil, err
 		}
