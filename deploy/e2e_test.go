@@ -318,16 +318,15 @@ func TestE2EAutomaticReload(t *testing.T) {
 }
 
 // TestE2EKubeadmValidate has kubeadm v1.37 validate deploy/kubeadm and the
-// kind patch (with the apiVersion kind gives it). kubeadm is not among the
-// e2e tools yet: the test runs when $KUBEADM or test/e2e/tools/bin/kubeadm
-// exists and is skipped otherwise.
+// kind patch (with the apiVersion kind gives it). kubeadm is built with the
+// e2e tools; $KUBEADM overrides test/e2e/tools/bin/kubeadm.
 func TestE2EKubeadmValidate(t *testing.T) {
 	kubeadm := os.Getenv("KUBEADM")
 	if kubeadm == "" {
 		kubeadm = filepath.Join(repoRoot, "test", "e2e", "tools", "bin", "kubeadm")
 	}
 	if !fileExists(kubeadm) {
-		t.Skipf("no kubeadm at %s (set $KUBEADM, or add k8s.io/kubernetes/cmd/kubeadm to test/e2e/tools)", kubeadm)
+		t.Fatalf("no kubeadm at %s: run `make e2e-tools` (or set $KUBEADM)", kubeadm)
 	}
 	kubeadm = absPath(t, kubeadm)
 	run(t, ".", kubeadm, "config", "validate", "--config", kubeadmPatch)

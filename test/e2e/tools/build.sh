@@ -24,6 +24,7 @@ TOOLS=(
 	"etcdctl:go.etcd.io/etcd/etcdctl/v3"
 	"kubectl:k8s.io/kubernetes/cmd/kubectl"
 	"kube-apiserver:k8s.io/kubernetes/cmd/kube-apiserver"
+	"kubeadm:k8s.io/kubernetes/cmd/kubeadm"
 )
 
 log() { echo "e2e-tools: $*"; }
@@ -55,6 +56,8 @@ check() { # verify the binaries in bin/ run and report the pinned versions
 	[[ "$out" == "Kubernetes ${K8S_VERSION}" ]] || { log "kube-apiserver --version: '$out', want Kubernetes ${K8S_VERSION}"; return 1; }
 	out="$("$bin/kubectl" version --client)"
 	[[ "$out" == *"Client Version: ${K8S_VERSION}"* ]] || { log "kubectl version --client: '$out'"; return 1; }
+	out="$("$bin/kubeadm" version -o short)"
+	[[ "$out" == "${K8S_VERSION}" ]] || { log "kubeadm version: '$out', want ${K8S_VERSION}"; return 1; }
 	out="$("$bin/etcd" --version)"
 	[[ "$out" == *"etcd Version: ${ETCD_VERSION}"* ]] || { log "etcd --version: '$out'"; return 1; }
 	out="$("$bin/etcdctl" version)"
