@@ -111,6 +111,7 @@ func throughputPlot(path string, s *SweepResult, op string) error {
 	p := newPlot(op+": throughput vs concurrency (median of rounds)", "concurrent callers", "calls per second")
 	concAxis(p, s.Concurrency)
 	p.Y.Min = 0
+	top := 0.0
 	for i, t := range s.Targets {
 		var xys plotter.XYs
 		for _, c := range s.Concurrency {
@@ -123,11 +124,13 @@ func throughputPlot(path string, s *SweepResult, op string) error {
 				tp[j] = r.Throughput
 			}
 			xys = append(xys, plotter.XY{X: float64(c), Y: Median(tp)})
+			top = max(top, Median(tp))
 		}
 		if err := addLine(p, i, t, xys, true); err != nil {
 			return err
 		}
 	}
+	p.Y.Max = top * 1.45 // headroom for the legend
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
 }
 
