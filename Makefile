@@ -16,7 +16,7 @@ GOVULNCHECK_VERSION   := v1.9.0
 TOOLS           := $(BIN)/tools
 
 .PHONY: all build build-nopkcs11 run test unit fuzz lint fmt vet golangci-lint vulncheck \
-        bench bench-socket bench-quick e2e-tools e2e image clean kind-up kind-e2e kind-down
+        bench bench-socket bench-quick bench-apiserver e2e-tools e2e image clean kind-up kind-e2e kind-down
 
 all: build
 
@@ -71,10 +71,18 @@ vulncheck:
 	GO="$(GO)" GOVULNCHECK_VERSION=$(GOVULNCHECK_VERSION) hack/vulncheck.sh
 
 bench-quick:
-	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 1 ./kms/... ./bench/...
+	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 1 ./kms/... ./bench
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3s -count 5 ./kms/... ./bench/... | tee $(BIN)/bench.txt
+	@mkdir -p $(BIN)
+	$(GO) test -run '^$$' -bench . -benchtime 3s -count 5 ./kms/... ./bench | tee $(BIN)/bench.txt
+	$(GO) run ./bench/cmd/kwbench
+
+bench-socket:
+	$(GO) run ./bench/cmd/kwbench
+
+bench-apiserver: build e2e-tools
+	$(GO) test -tags e2e -run . -v -timeout 60m ./bench/apiserver
 
 e2e-tools:
 	bash test/e2e/tools/build.sh
