@@ -177,14 +177,6 @@ promote prints what will change and asks for confirmation on a terminal;
 			plan := fmt.Sprintf("Will promote %s to primary in %s (primary now: %s).\n"+
 				"keywarden will report key_id %s; kube-apiserver will encrypt new writes under it.\n"+
 				"Run this on every control-plane node, after `keys add` reached all of them.\n", v.KeyID, uri, primaryOf(vs), v.KeyID)
-			if !yes && !g.stdinTTY {
-				// Scripts written before --yes existed call promote without
-				// it; promote is reversible (the old version stays enabled),
-				// so it warns instead of refusing. destroy refuses.
-				fmt.Fprint(g.stderr, plan)
-				fmt.Fprintln(g.stderr, "warning: promoting without --yes because stdin is not a terminal; pass --yes in scripts")
-				return nil
-			}
 			return g.confirm(plan, yes)
 		})
 	disable := action("disable", "Disable a non-primary version (reversible with enable)",

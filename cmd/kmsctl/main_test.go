@@ -146,8 +146,8 @@ func TestPromoteConfirmation(t *testing.T) {
 		t.Fatalf("answered yes: %+v", r)
 	}
 	r = run(t, "", false, "keys", "promote", "--keystore", uri, old)
-	if r.code != 0 || primary(t, uri) != old || !strings.Contains(r.stderr, "pass --yes") {
-		t.Fatalf("no terminal, no --yes: %+v", r)
+	if r.code != exitUsage || primary(t, uri) != id || !strings.Contains(r.stderr, "pass --yes") {
+		t.Fatalf("no terminal, no --yes must refuse and change nothing: %+v", r)
 	}
 	r = run(t, "", false, "keys", "promote", "--keystore", uri, "--yes", id)
 	if r.code != 0 || primary(t, uri) != id || strings.Contains(r.stderr, "warning") {

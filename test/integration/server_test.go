@@ -178,7 +178,7 @@ func TestServerRoundTripAndRotation(t *testing.T) {
 	if err := json.Unmarshal([]byte(kmsctl(t, "keys", "add", "--keystore", uri, "-o", "json")), &added); err != nil || len(added) != 1 {
 		t.Fatalf("keys add output: %v %v", added, err)
 	}
-	kmsctl(t, "keys", "promote", "--keystore", uri, added[0].KeyID)
+	kmsctl(t, "keys", "promote", "--keystore", uri, "--yes", added[0].KeyID)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		st2, err := p.client.Status(ctx(t), &kmsapi.StatusRequest{})

@@ -98,7 +98,7 @@ func (k *Keyset) Add(ctx context.Context) (KeyVersion, error) {
 
 // Promote makes keyID the primary version.
 func (k *Keyset) Promote(ctx context.Context, keyID string) error {
-	_, err := k.kmsctl(ctx, "keys", "promote", keyID)
+	_, err := k.kmsctl(ctx, "keys", "promote", "--yes", keyID)
 	return err
 }
 
