@@ -13,6 +13,7 @@ import (
 	"github.com/keywarden/keywarden/keystore/azurekv"
 	"github.com/keywarden/keywarden/keystore/file"
 	"github.com/keywarden/keywarden/keystore/gcpkms"
+	"github.com/keywarden/keywarden/keystore/vault"
 )
 
 // Open opens the backend that uri names, e.g. file:///etc/keywarden/keyset.json.
@@ -44,6 +45,12 @@ func Open(ctx context.Context, uri string) (keystore.Backend, error) {
 		return b, nil
 	case azurekv.Scheme:
 		b, err := azurekv.Open(ctx, uri)
+		if err != nil {
+			return nil, err
+		}
+		return b, nil
+	case vault.Scheme:
+		b, err := vault.Open(ctx, uri)
 		if err != nil {
 			return nil, err
 		}

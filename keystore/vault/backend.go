@@ -1,0 +1,489 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/keywarden/keywarden/keystore"
+	"github.com/keywarden/keywarden/keystore/internal/remote"
+)
+
+// Name is the backend name used in metrics and logs.
+const Name = "vault"
+
+// Transit key types that are AEADs, so associated_data is bound.
+var aeadTypes = map[string]bool{"aes256-gcm96": true, "aes128-gcm96": true, "chacha20-poly1305": true}
+
+// Transit AEAD ciphertexts are a 12-byte nonce and a 16-byte tag around the
+// plaintext; anything shorter is refused without a call.
+const (
+	minCiphertext = 12 + 16
+	maxCiphertext = 16 << 10
+)
+
+// The health probe wraps and unwraps this fixed value on every metadata
+// refresh, so KeyID fails when encrypt or decrypt would.
+var (
+	probePlaintext = make([]byte, 32)
+	probeAAD       = []byte("keywarden health probe")
+)
+
+// vaultAPI is the part of the Vault client we use.
+type vaultAPI interface {
+	Read(ctx context.Context, path string) (*api.Secret, error)
+	Write(ctx context.Context, path string, data map[string]any) (*api.Secret, error)
+	// Login writes with no token at all (auth/<mount>/login).
+	Login(ctx context.Context, path string, data map[string]any) (*api.Secret, error)
+	SetToken(token string)
+}
+
+type apiClient struct{ c, anon *api.Client }
+
+func (a apiClient) Read(ctx context.Context, path string) (*api.Secret, error) {
+	return a.c.Logical().ReadWithContext(ctx, path)
+}
+
+func (a apiClient) Write(ctx context.Context, path string, data map[string]any) (*api.Secret, error) {
+	return a.c.Logical().WriteWithContext(ctx, path, data)
+}
+
+func (a apiClient) Login(ctx context.Context, path string, data map[string]any) (*api.Secret, error) {
+	return a.anon.Logical().WriteWithContext(ctx, path, data)
+}
+
+func (a apiClient) SetToken(t string) { a.c.SetToken(t) }
+
+// Backend is a keystore.Backend over one Vault Transit key.
+type Backend struct {
+	cfg    config
+	api    vaultAPI
+	tok    *tokens
+	retry  remote.Retry
+	meta   *remote.Cache[*keyMeta]
+	prefix string // "<mount>/keys/<name>:", the fixed part of every key_id
+
+	seenMu sync.Mutex
+	seen   map[int]int64 // version → creation time, as first read
+}
+
+var (
+	_ keystore.Backend = (*Backend)(nil)
+	_ keystore.Manager = (*Backend)(nil)
+)
+
+// keyMeta is what a read of transit/keys/<name> tells us.
+type keyMeta struct {
+	typ      string
+	latest   int
+	minDec   int
+	minAvail int
+	minEnc   int
+	created  map[int]int64 // version → creation unix time (Transit lists only versions ≥ min_decryption_version)
+}
+
+// Open opens the Transit key the hcvault:// URI names. It reads the key once:
+// a key that does not exist, is not an AEAD, or that our credentials may not
+// read fails Open; a Vault that does not answer yet does not (keywarden
+// starts unhealthy and its health loop keeps trying).
+func Open(ctx context.Context, uri string) (*Backend, error) {
+	cfg, err := parseURI(uri)
+	if err != nil {
+		return nil, err
+	}
+	c, err := newAPIClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	b := newBackend(cfg, c, time.Now)
+	if _, err := b.refreshMeta(ctx); err != nil && !remote.Retryable(err) {
+		return nil, err
+	}
+	return b, nil
+}
+
+func newAPIClient(cfg config) (apiClient, error) {
+	mk := func() (*api.Client, error) {
+		tr := &http.Transport{
+			Proxy:               http.ProxyFromEnvironment,
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			TLSClientConfig:     cfg.tls.Clone(),
+			TLSHandshakeTimeout: 5 * time.Second,
+			MaxIdleConnsPerHost: 16,
+			IdleConnTimeout:     90 * time.Second,
+			ForceAttemptHTTP2:   cfg.tls != nil,
+		}
+		c, err := api.NewClient(&api.Config{
+			Address:    cfg.addr,
+			HttpClient: &http.Client{Transport: tr},
+			MaxRetries: 0, // we retry, by error class, in remote.Retry
+			Timeout:    0, // bounded per call by our context
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%w: vault client: %v", keystore.ErrConfig, err)
+		}
+		// NewClient reads VAULT_TOKEN, VAULT_NAMESPACE and VAULT_HEADERS
+		// from the environment; keywarden takes its configuration from the
+		// URI alone.
+		c.ClearToken()
+		c.SetHeaders(http.Header{api.RequestHeaderName: []string{"true"}})
+		c.ClearNamespace()
+		if cfg.namespace != "" {
+			c.SetNamespace(cfg.namespace)
+		}
+		return c, nil
+	}
+	c, err := mk()
+	if err != nil {
+		return apiClient{}, err
+	}
+	anon, err := mk()
+	if err != nil {
+		return apiClient{}, err
+	}
+	return apiClient{c: c, anon: anon}, nil
+}
+
+func newBackend(cfg config, c vaultAPI, now func() time.Time) *Backend {
+	b := &Backend{
+		cfg:    cfg,
+		api:    c,
+		retry:  remote.DefaultRetry(cfg.timeout),
+		meta:   remote.NewCache[*keyMeta](cfg.keyIDTTL, now),
+		prefix: cfg.mount + "/keys/" + cfg.name + ":",
+		seen:   map[int]int64{},
+	}
+	b.tok = &tokens{cfg: &b.cfg, api: c, now: now}
+	return b
+}
+
+// Name implements keystore.Backend.
+func (b *Backend) Name() string { return Name }
+
+// Close gives back a token keywarden logged in for.
+func (b *Backend) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	b.tok.revoke(ctx)
+	return nil
+}
+
+// KeyID implements keystore.Backend. It serves the key's latest version from
+// a cache refreshed at most once per key-id-ttl; a refresh reads the key and
+// probes encrypt and decrypt, so an expired token or a narrowed policy shows
+// up in health within one TTL.
+func (b *Backend) KeyID(ctx context.Context) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	m, err := b.meta.Get(ctx, b.fetchAndProbe)
+	if err != nil {
+		return "", err
+	}
+	return b.keyID(m, m.latest)
+}
+
+func (b *Backend) keyID(_ *keyMeta, v int) (string, error) {
+	return b.prefix + "v" + strconv.Itoa(v), nil
+}
+
+// parseKeyID returns the version a key_id of this key names. A key_id of
+// another key is ErrKeyNotFound.
+func (b *Backend) parseKeyID(kid string) (int, error) {
+	vs, ok := strings.CutPrefix(kid, b.prefix+"v")
+	if !ok {
+		return 0, fmt.Errorf("%w: key_id %q does not name vault key %sv<n>", keystore.ErrKeyNotFound, kid, b.prefix)
+	}
+	v, err := strconv.Atoi(vs)
+	if err != nil || v < 1 || vs != strconv.Itoa(v) {
+		return 0, fmt.Errorf("%w: malformed vault key_id %q", keystore.ErrKeyNotFound, kid)
+	}
+	return v, nil
+}
+
+// Wrap implements keystore.Backend: Transit encrypt with aad as
+// associated_data. Vault picks the latest version; its number comes back in
+// the ciphertext and names the key_id.
+func (b *Backend) Wrap(ctx context.Context, pt, aad []byte) (keystore.Wrapped, error) {
+	if err := ctx.Err(); err != nil {
+		return keystore.Wrapped{}, err
+	}
+	v, raw, err := b.encrypt(ctx, pt, aad)
+	if err != nil {
+		return keystore.Wrapped{}, err
+	}
+	// A version newer than the cached metadata: someone rotated. Read the
+	// key now so that KeyID follows what Wrap used.
+	if m, ok := b.meta.Peek(); !ok || v > m.latest {
+		if _, err := b.refreshMeta(ctx); err != nil {
+			return keystore.Wrapped{}, err
+		}
+	}
+	kid, _ := b.keyID(nil, v)
+	return keystore.Wrapped{KeyID: kid, Ciphertext: raw}, nil
+}
+
+// Unwrap implements keystore.Backend: Transit decrypt of the version the
+// key_id names (never the version a ciphertext claims), with aad.
+func (b *Backend) Unwrap(ctx context.Context, w keystore.Wrapped, aad []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	v, err := b.parseKeyID(w.KeyID)
+	if err != nil {
+		return nil, err
+	}
+	if n := len(w.Ciphertext); n < minCiphertext || n > maxCiphertext {
+		return nil, fmt.Errorf("%w: vault ciphertext is %d bytes, want %d..%d", keystore.ErrInvalid, n, minCiphertext, maxCiphertext)
+	}
+	// Vault itself refuses a version that is too new (NotFound), below
+	// min_decryption_version or trimmed (disabled): no metadata needed.
+	return b.decrypt(ctx, v, w.Ciphertext, aad)
+}
+
+func (b *Backend) encrypt(ctx context.Context, pt, aad []byte) (int, []byte, error) {
+	data := map[string]any{"plaintext": base64.StdEncoding.EncodeToString(pt)}
+	if len(aad) > 0 {
+		data["associated_data"] = base64.StdEncoding.EncodeToString(aad)
+	}
+	var s *api.Secret
+	err := b.call(ctx, true, "encrypt", func(ctx context.Context) (err error) {
+		s, err = b.api.Write(ctx, b.cfg.mount+"/encrypt/"+b.cfg.name, data)
+		return err
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	if s == nil {
+		return 0, nil, fmt.Errorf("%w: vault encrypt returned no data", keystore.ErrUnavailable)
+	}
+	ct, _ := s.Data["ciphertext"].(string)
+	v, raw, err := parseCiphertext(ct)
+	if err != nil {
+		return 0, nil, err
+	}
+	return v, raw, nil
+}
+
+func (b *Backend) decrypt(ctx context.Context, v int, raw, aad []byte) ([]byte, error) {
+	data := map[string]any{"ciphertext": "vault:v" + strconv.Itoa(v) + ":" + base64.StdEncoding.EncodeToString(raw)}
+	if len(aad) > 0 {
+		data["associated_data"] = base64.StdEncoding.EncodeToString(aad)
+	}
+	var s *api.Secret
+	err := b.call(ctx, true, "decrypt", func(ctx context.Context) (err error) {
+		s, err = b.api.Write(ctx, b.cfg.mount+"/decrypt/"+b.cfg.name, data)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if s == nil {
+		return nil, fmt.Errorf("%w: vault decrypt returned no data", keystore.ErrUnavailable)
+	}
+	p64, _ := s.Data["plaintext"].(string)
+	pt, err := base64.StdEncoding.DecodeString(p64)
+	if err != nil {
+		return nil, fmt.Errorf("vault decrypt returned malformed plaintext encoding")
+	}
+	return pt, nil
+}
+
+// parseCiphertext splits Transit's "vault:v<n>:<base64>".
+func parseCiphertext(s string) (int, []byte, error) {
+	rest, ok := strings.CutPrefix(s, "vault:v")
+	vs, b64, ok2 := strings.Cut(rest, ":")
+	v, err := strconv.Atoi(vs)
+	if !ok || !ok2 || err != nil || v < 1 {
+		return 0, nil, errors.New("vault encrypt returned a ciphertext not of the form vault:v<n>:<base64>")
+	}
+	raw, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil || len(raw) < minCiphertext {
+		return 0, nil, errors.New("vault encrypt returned a malformed ciphertext")
+	}
+	return v, raw, nil
+}
+
+func (b *Backend) refreshMeta(ctx context.Context) (*keyMeta, error) {
+	return b.meta.Refresh(ctx, b.fetch)
+}
+
+func (b *Backend) fetchAndProbe(ctx context.Context) (*keyMeta, error) {
+	m, err := b.fetch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	v, raw, err := b.encrypt(ctx, probePlaintext, probeAAD)
+	if err != nil {
+		return nil, fmt.Errorf("health probe: %w", err)
+	}
+	pt, err := b.decrypt(ctx, v, raw, probeAAD)
+	if err != nil {
+		return nil, fmt.Errorf("health probe: %w", err)
+	}
+	if !bytes.Equal(pt, probePlaintext) {
+		return nil, errors.New("health probe: vault decrypt returned different bytes")
+	}
+	if v > m.latest {
+		// Rotated between the read and the probe.
+		return b.fetch(ctx)
+	}
+	return m, nil
+}
+
+func (b *Backend) fetch(ctx context.Context) (*keyMeta, error) {
+	var s *api.Secret
+	err := b.call(ctx, true, "read key", func(ctx context.Context) (err error) {
+		s, err = b.api.Read(ctx, b.cfg.mount+"/keys/"+b.cfg.name)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if s == nil || s.Data == nil {
+		return nil, fmt.Errorf("%w: vault transit key %s/keys/%s does not exist", keystore.ErrKeyNotFound, b.cfg.mount, b.cfg.name)
+	}
+	m, err := parseMeta(s.Data)
+	if err != nil {
+		return nil, err
+	}
+	return m, b.checkSameKey(m)
+}
+
+// checkSameKey notices a key that was deleted and re-created under the same
+// name while keywarden runs: its versions restart at 1, so its key_ids would
+// repeat the old key's. Transit exposes no key identity other than the
+// creation time of each (enabled) version, which we remember.
+func (b *Backend) checkSameKey(m *keyMeta) error {
+	b.seenMu.Lock()
+	defer b.seenMu.Unlock()
+	for v, t := range m.created {
+		if old, ok := b.seen[v]; ok && old != t {
+			return fmt.Errorf("%w: vault key %s was deleted and re-created (version %d was created at %d, now %d); its key_ids would repeat the old key's: use a new key name", keystore.ErrConfig, b.cfg.name, v, old, t)
+		}
+	}
+	for v, t := range m.created {
+		b.seen[v] = t
+	}
+	return nil
+}
+
+func parseMeta(d map[string]any) (*keyMeta, error) {
+	m := &keyMeta{created: map[int]int64{}}
+	m.typ, _ = d["type"].(string)
+	if !aeadTypes[m.typ] {
+		return nil, fmt.Errorf("%w: vault transit key type %q does not bind associated data; use aes256-gcm96", keystore.ErrConfig, m.typ)
+	}
+	for k, dst := range map[string]*int{"latest_version": &m.latest, "min_decryption_version": &m.minDec, "min_available_version": &m.minAvail, "min_encryption_version": &m.minEnc} {
+		n, err := jsonInt(d[k])
+		if err != nil {
+			return nil, fmt.Errorf("vault key read: field %s: %v", k, err)
+		}
+		*dst = int(n)
+	}
+	keys, _ := d["keys"].(map[string]any)
+	for k, c := range keys {
+		v, err := strconv.Atoi(k)
+		t, err2 := jsonInt(c)
+		if err != nil || err2 != nil || v < 1 {
+			return nil, fmt.Errorf("vault key read: malformed keys entry %q", k)
+		}
+		m.created[v] = t
+	}
+	if m.latest < 1 || m.created[m.latest] == 0 {
+		return nil, fmt.Errorf("vault key read: latest version %d not among its keys", m.latest)
+	}
+	return m, nil
+}
+
+// call runs one Vault call with our token, a per-attempt timeout and, when
+// idempotent, retries by error class. A refused token is replaced (token file
+// re-read, or a new login) and the call tried once more.
+func (b *Backend) call(ctx context.Context, idempotent bool, op string, f func(ctx context.Context) error) error {
+	run := b.retry.Once
+	if idempotent {
+		run = b.retry.Do
+	}
+	attempt := func(actx context.Context) error {
+		if err := b.tok.ensure(actx); err != nil {
+			return err
+		}
+		if err := f(actx); err != nil {
+			return classify(op, err)
+		}
+		return nil
+	}
+	err := run(ctx, attempt)
+	if errors.Is(err, keystore.ErrPermission) && ctx.Err() == nil && b.tok.denied(ctx) {
+		err = run(ctx, attempt)
+	}
+	if err != nil {
+		return fmt.Errorf("vault %s %s/%s: %w", op, b.cfg.mount, b.cfg.name, err)
+	}
+	return nil
+}
+
+// classify sorts a Vault client error into keystore's classes.
+func classify(op string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	var re *api.ResponseError
+	if errors.As(err, &re) {
+		msg := strings.Join(re.Errors, "; ")
+		if len(msg) > 200 {
+			msg = msg[:200] + "…"
+		}
+		var class error
+		switch c := re.StatusCode; {
+		case c == http.StatusBadRequest:
+			switch {
+			case op == "login":
+				class = keystore.ErrPermission // approle: "invalid role or secret ID"
+			case strings.Contains(msg, "too old"):
+				class = keystore.ErrKeyDisabled
+			case strings.Contains(msg, "version is too new"), strings.Contains(msg, "key not found"), strings.Contains(msg, "no such key version"):
+				class = keystore.ErrKeyNotFound
+			default:
+				class = keystore.ErrInvalid
+			}
+		case c == http.StatusUnauthorized, c == http.StatusForbidden:
+			class = keystore.ErrPermission
+		case c == http.StatusNotFound:
+			class = keystore.ErrKeyNotFound
+		case c == http.StatusTooManyRequests:
+			class = keystore.ErrThrottled
+		case c == http.StatusPreconditionFailed, c >= 500:
+			// 412: a performance standby has not caught up; 503: sealed
+			// or in standby; 5xx: Vault failed this time.
+			class = keystore.ErrUnavailable
+		default:
+			class = fmt.Errorf("unexpected HTTP %d", c)
+		}
+		return fmt.Errorf("%w: HTTP %d: %s", class, re.StatusCode, msg)
+	}
+	var (
+		ua x509.UnknownAuthorityError
+		hn x509.HostnameError
+		ci x509.CertificateInvalidError
+		rh tls.RecordHeaderError
+	)
+	if errors.As(err, &ua) || errors.As(err, &hn) || errors.As(err, &ci) || errors.As(err, &rh) {
+		return fmt.Errorf("%w: TLS: %v", keystore.ErrConfig, err)
+	}
+	// Anything else is the request not getting an answer: refused, reset,
+	// DNS, a proxy's garbage.
+	return fmt.Errorf("%w: %v", keystore.ErrUnavailable, err)
+}

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Builds the HashiCorp Vault server the keystore/vault tests run against (in
+# dev mode, on 127.0.0.1 only) into test/vault/tools/bin/vault, from the pins
+# in this folder's go.mod / go.sum.
+#
+# Vault is BUSL-1.1: it lives in this separate module and is only ever run as
+# a test server; keywarden itself links only the MPL-2.0 client,
+# github.com/hashicorp/vault/api.
+#
+# Vault v1.21.2 builds from the Go module proxy only with its ./sdk replaced:
+# the release branch carries an unpublished sdk whose one difference from the
+# published sdk v0.21.0 that matters here is the signature of
+# framework.Backend.ActivationFunc. This script copies sdk v0.21.0 out of the
+# module cache into .sdk/ (gitignored) and changes that one line back.
+#
+# Cold build: about 9 minutes on 2 cores, ~4.6 GB peak memory at link, ~4 GB
+# of Go build cache, a ~360 MB binary. The binary is kept in
+#   ${KEYWARDEN_VAULT_CACHE:-$HOME/.cache/keywarden/vault-tools}/<key>/vault
+# where <key> is the sha256 of go.mod, go.sum and this script, and copied from
+# there when present. KEYWARDEN_TOOLS_REBUILD=1 forces a build.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+
+VAULT_VERSION=1.21.2
+SDK_VERSION=v0.21.0
+GO="${GO:-go}"
+
+log() { echo "vault-tools: $*"; }
+
+key="$(cat go.mod go.sum build.sh | sha256sum | cut -c1-64)"
+cache_root="${KEYWARDEN_VAULT_CACHE:-${HOME:-/root}/.cache/keywarden/vault-tools}"
+cache_dir="${cache_root}/${key}"
+bin="${here}/bin"
+stamp="${bin}/.stamp"
+
+check() { # the binary in bin/ runs and is the pinned version
+	local out
+	out="$("$bin/vault" version)"
+	[[ "$out" == "Vault v${VAULT_VERSION}"* ]] || { log "vault version: '$out', want Vault v${VAULT_VERSION}"; return 1; }
+	log "ok: ${out} in ${bin}"
+}
+
+install_from() { # dir
+	mkdir -p "$bin"
+	rm -f "$stamp"
+	cp "$1/vault" "$bin/.vault.tmp"
+	mv -f "$bin/.vault.tmp" "$bin/vault"
+	echo "$key" >"$stamp"
+}
+
+if [[ "${KEYWARDEN_TOOLS_REBUILD:-0}" != 1 ]]; then
+	if [[ -f "$stamp" && "$(cat "$stamp")" == "$key" && -x "$bin/vault" ]]; then
+		log "up to date in ${bin} (key ${key:0:12})"
+		check
+		exit 0
+	fi
+	if [[ -x "$cache_dir/vault" ]]; then
+		log "reusing cached binary from ${cache_dir}"
+		install_from "$cache_dir"
+		check
+		exit 0
+	fi
+	log "no cached binary at ${cache_dir}: building"
+else
+	log "KEYWARDEN_TOOLS_REBUILD=1: building"
+fi
+
+export GOWORK=off CGO_ENABLED=0
+log "$("$GO" version); GOFLAGS='$("$GO" env GOFLAGS)'"
+
+# Materialise the patched sdk. `go mod download` checks the module against
+# the checksum database, so .sdk/ starts from the published bytes.
+sdk_dir="$(cd "$(mktemp -d)" && GO111MODULE=on "$GO" mod download -json "github.com/hashicorp/vault/sdk@${SDK_VERSION}" |
+	sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+[[ -d "$sdk_dir" ]] || { log "cannot download github.com/hashicorp/vault/sdk@${SDK_VERSION}"; exit 1; }
+rm -rf .sdk .sdk.tmp
+cp -r "$sdk_dir" .sdk.tmp
+chmod -R u+w .sdk.tmp
+old=$'\tActivationFunc func(context.Context, *logical.Request, string) error'
+new=$'\tActivationFunc func(context.Context, *logical.Request) error'
+grep -qxF "$old" .sdk.tmp/framework/backend.go || { log "sdk ${SDK_VERSION}: ActivationFunc line not found; the patch no longer applies"; exit 1; }
+sed -i "s/^${old//\*/\\*}\$/${new//\*/\\*}/" .sdk.tmp/framework/backend.go
+grep -qxF "$new" .sdk.tmp/framework/backend.go || { log "patching .sdk failed"; exit 1; }
+mv .sdk.tmp .sdk
+
+mkdir -p "$bin"
+out="$(mktemp -d "${bin}/.build.XXXXXX")"
+trap 'rm -rf "$out"' EXIT
+start=$SECONDS
+log "building vault v${VAULT_VERSION} (one package; expect ~9 minutes cold)"
+"$GO" build -trimpath -ldflags "-s -w" -o "$out/vault" github.com/hashicorp/vault
+log "built vault in $((SECONDS - start))s, $(du -h "$out/vault" | cut -f1)"
+
+install_from "$out"
+check
+
+if mkdir -p "$cache_root" 2>/dev/null; then
+	[[ -x "$cache_dir/vault" ]] || rm -rf "$cache_dir"
+	tmp="$(mktemp -d "${cache_root}/.tmp.XXXXXX")"
+	cp "$out/vault" "$tmp/"
+	if mv -T "$tmp" "$cache_dir" 2>/dev/null; then
+		log "cached binary in ${cache_dir}"
+	else
+		rm -rf "$tmp"
+		log "cache ${cache_dir} already present, left as is"
+	fi
+else
+	log "warning: cannot create ${cache_root}; binary not cached"
+fi
