@@ -16,7 +16,7 @@ GOVULNCHECK_VERSION   := v1.9.0
 TOOLS           := $(BIN)/tools
 
 .PHONY: all build build-nopkcs11 run test unit fuzz lint fmt vet golangci-lint vulncheck \
-        bench bench-socket bench-quick bench-apiserver e2e-tools e2e image clean kind-up kind-e2e kind-down
+        bench bench-socket bench-quick bench-apiserver e2e-tools vault-tools e2e image clean kind-up kind-e2e kind-down
 
 all: build
 
@@ -86,6 +86,11 @@ bench-apiserver: build e2e-tools
 
 e2e-tools:
 	bash test/e2e/tools/build.sh
+
+# The Vault dev server the keystore/vault tests run against (.ci/run starts it
+# with test/keystores/servers.sh; set VAULT_ADDR/VAULT_TOKEN to run them).
+vault-tools:
+	bash test/vault/tools/build.sh
 
 e2e: build e2e-tools
 	$(GO) test -count=1 -timeout 30m -tags e2e ./test/e2e/... -v
