@@ -92,6 +92,8 @@ type Service struct {
 	health    atomic.Pointer[health]
 	lastOK    atomic.Int64 // unix nanos of the last successful check
 	savedUses atomic.Uint64
+
+	afterMiss func() // tests only: runs between a cache miss and its flight
 }
 
 // kek is one unwrapped local KEK.
@@ -293,7 +295,15 @@ func (s *Service) kekFor(ctx context.Context, ann []byte, keyID string) (*kek, e
 		s.negative.Remove(key)
 	}
 	s.cfg.Metrics.CacheMiss()
+	if s.afterMiss != nil {
+		s.afterMiss()
+	}
 	ch := s.group.DoChan(key, func() (any, error) {
+		// A call for this KEK may have finished between our cache miss
+		// and this flight: its result is in the cache, not in the group.
+		if k, ok := s.cache.Peek(key); ok {
+			return k, nil
+		}
 		// Detached from the first caller: others may be waiting on the
 		// same KEK with longer deadlines.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.KeystoreTimeout)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -354,6 +355,38 @@ func TestColdStartSingleflight(t *testing.T) {
 	}
 	if n := e.spy.Unwraps.Load() - unwraps; n != int64(len(reqs)) {
 		t.Fatalf("%d keystore unwraps for %d distinct KEKs", n, len(reqs))
+	}
+}
+
+// A caller that misses the cache just as another caller's flight for the
+// same KEK lands must take the cached KEK, not start a second keystore call.
+func TestSingleflightLateMiss(t *testing.T) {
+	e := newEnv(t)
+	r := encrypt(t, e.service(nil), seed(t))
+	fresh := e.service(nil)
+	paused, resume := make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	fresh.afterMiss = func() {
+		if first.CompareAndSwap(false, true) {
+			close(paused)
+			<-resume
+		}
+	}
+	unwraps := e.spy.Unwraps.Load()
+	var wg sync.WaitGroup
+	var lateErr error
+	wg.Go(func() { _, lateErr = fresh.Decrypt(context.Background(), "late", req(r)) })
+	<-paused // the late caller has missed the cache
+	if _, err := fresh.Decrypt(context.Background(), "first", req(r)); err != nil {
+		t.Fatal(err)
+	}
+	close(resume)
+	wg.Wait()
+	if lateErr != nil {
+		t.Fatal(lateErr)
+	}
+	if n := e.spy.Unwraps.Load() - unwraps; n != 1 {
+		t.Fatalf("%d keystore unwraps for one KEK, want 1", n)
 	}
 }
 
