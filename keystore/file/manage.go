@@ -9,6 +9,7 @@ import (
 	"github.com/tink-crypto/tink-go/v2/aead"
 	"github.com/tink-crypto/tink-go/v2/keyset"
 
+	"github.com/keywarden/keywarden/internal/atomicfile"
 	"github.com/keywarden/keywarden/keystore"
 )
 
@@ -40,6 +41,9 @@ func (b *Backend) modify(ctx context.Context, fn func(m *keyset.Manager, ks *loa
 		return err
 	}
 	defer unlock()
+	// Under the lock no other write is in flight: clear what a write killed
+	// midway left behind (a temp file may hold an older copy of the keyset).
+	_ = atomicfile.RemoveTemps(b.path)
 	h, _, err := readHandle(b.path)
 	if err != nil {
 		return err
