@@ -25,7 +25,7 @@ func newKeysCmd(g *globals) *cobra.Command {
   kmsctl migrate / audit until nothing uses the old version
   kmsctl keys disable, later destroy, the old version`,
 	}
-	cmd.PersistentFlags().StringVar(&uri, "keystore", "", "keystore URI (file:///…, pkcs11:…)")
+	cmd.PersistentFlags().StringVar(&uri, "keystore", "", "keystore URI: "+byuri.URIForms)
 	_ = cmd.MarkPersistentFlagRequired("keystore")
 
 	manager := func(cmd *cobra.Command) (keystore.Manager, func(), error) {

@@ -171,7 +171,7 @@ Changing the keystore needs --yes when stdin is not a terminal.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.keystore, "keystore", "", "keystore URI of this node's keywarden (file:///…, pkcs11:…)")
+	fl.StringVar(&f.keystore, "keystore", "", "keystore URI of this node's keywarden: "+byuri.URIForms)
 	_ = cmd.MarkFlagRequired("keystore")
 	f.sock.add(cmd)
 	f.mig.add(cmd, false)

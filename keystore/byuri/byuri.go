@@ -16,6 +16,17 @@ import (
 	"github.com/keywarden/keywarden/keystore/vault"
 )
 
+// URIForms names every scheme Open accepts with the shape of its URI, for
+// flag help texts (docs/configuration.md has each one in full).
+var URIForms = strings.Join([]string{
+	"file:///<path>",
+	"pkcs11:token=<label>;object=<label>?module-path=<so>&pin-source=file:<path>",
+	awskms.Scheme + "://arn:aws:kms:<region>:<account>:key/<id>|alias/<name>",
+	gcpkms.Scheme + "://projects/<p>/locations/<l>/keyRings/<r>/cryptoKeys/<k>",
+	azurekv.Scheme + "://<vault>.vault.azure.net/keys/<name>",
+	vault.Scheme + "://<host>:<port>/<mount>/keys/<name>",
+}, ", ")
+
 // Open opens the backend that uri names, e.g. file:///etc/keywarden/keyset.json.
 func Open(ctx context.Context, uri string) (keystore.Backend, error) {
 	scheme, _, ok := strings.Cut(uri, ":")
