@@ -16,7 +16,7 @@ GOVULNCHECK_VERSION   := v1.9.0
 TOOLS           := $(BIN)/tools
 
 .PHONY: all build build-nopkcs11 run test unit fuzz lint fmt vet golangci-lint vulncheck \
-        bench bench-socket bench-quick bench-apiserver e2e-tools vault-tools e2e image clean kind-up kind-e2e kind-down
+        bench bench-socket bench-keystores bench-quick bench-apiserver e2e-tools vault-tools e2e image clean kind-up kind-e2e kind-down
 
 all: build
 
@@ -80,6 +80,13 @@ bench:
 
 bench-socket:
 	$(GO) run ./bench/cmd/kwbench
+
+# Root keystores over the socket (issues 4, 8): SoftHSM2, local-kms in
+# process, a Vault dev server (started if not running; stop it with
+# test/keystores/servers.sh stop vault).
+bench-keystores:
+	eval "$$(bash test/keystores/servers.sh start vault)" && \
+	$(GO) run ./bench/cmd/kwbench --keystores pkcs11,aws,vault --conc 1,64 --slow-delay 0 --bare=false $(KWBENCH_FLAGS)
 
 bench-apiserver: build e2e-tools
 	$(GO) test -tags e2e -run . -v -timeout 60m ./bench/apiserver

@@ -34,7 +34,17 @@ type Process struct {
 // StartProcess starts bin with args, logging to log, and waits until it
 // answers KMS v2 Status on socket.
 func StartProcess(ctx context.Context, name, socket, httpAddr string, log io.Writer, bin string, args ...string) (*Process, error) {
+	return StartProcessEnv(ctx, name, socket, httpAddr, nil, log, bin, args...)
+}
+
+// StartProcessEnv is StartProcess with env (KEY=value) added to this
+// process's environment: what a keystore needs (SOFTHSM2_CONF, the
+// credentials of an emulator).
+func StartProcessEnv(ctx context.Context, name, socket, httpAddr string, env []string, log io.Writer, bin string, args ...string) (*Process, error) {
 	cmd := exec.Command(bin, args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = log, log
 	// Its own process group, and killed if we die, so no server outlives
 	// a benchmark.

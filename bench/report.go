@@ -270,18 +270,36 @@ func WriteMarkdown(w io.Writer, r *Report) error {
 	if len(r.Storm) > 0 {
 		p("### Cold-start decrypt storm\n\nEach round starts the server afresh (empty KEK cache) and sends every Decrypt at once, %d in flight. "+
 			"Times are medians over rounds; keystore calls are listed per round.\n\n", r.Storm[0].Concurrency)
-		p("| target | decrypts | local KEKs | keystore calls per round | storm ms | p50 ms | p99 ms | time / floor | RSS peak MiB |\n|---|---:|---:|---|---:|---:|---:|---:|---:|\n")
+		remote := false
+		for _, s := range r.Storm {
+			for _, x := range s.Rounds {
+				remote = remote || x.RemoteCalls >= 0
+			}
+		}
+		remoteHead, remoteSep := "", ""
+		if remote {
+			remoteHead, remoteSep = " remote Decrypts per round |", "---|"
+		}
+		p("| target | decrypts | local KEKs | keystore calls per round |%s storm ms | p50 ms | p99 ms | time / floor | RSS peak MiB |\n|---|---:|---:|---|%s---:|---:|---:|---:|---:|\n", remoteHead, remoteSep)
 		for _, s := range r.Storm {
 			var sums []Summary
-			var calls []string
+			var calls, rcalls []string
 			var peak int64
 			for _, x := range s.Rounds {
 				sums = append(sums, x.Summary)
 				calls = append(calls, fmt.Sprint(x.KeystoreCalls))
+				rcalls = append(rcalls, fmt.Sprint(x.RemoteCalls))
 				peak = max(peak, x.RSSPeakKiB)
 			}
 			if s.Rounds[0].KeystoreCalls < 0 {
 				calls = []string{"–"}
+			}
+			if s.Rounds[0].RemoteCalls < 0 {
+				rcalls = []string{"–"}
+			}
+			rcol := ""
+			if remote {
+				rcol = " " + strings.Join(rcalls, " ") + " |"
 			}
 			med := medianSummary(sums)
 			ratio := "–"
@@ -294,7 +312,7 @@ func WriteMarkdown(w io.Writer, r *Report) error {
 			if s.KEKs == 0 {
 				keks = "–"
 			}
-			p("| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", s.Target, s.Decrypts, keks, strings.Join(calls, " "),
+			p("| %s | %d | %s | %s |%s %s | %s | %s | %s | %s |\n", s.Target, s.Decrypts, keks, strings.Join(calls, " "), rcol,
 				ms(med.Elapsed), ms(med.P50), ms(med.P99), ratio, mib(peak))
 		}
 		p("\n")

@@ -78,7 +78,12 @@ type StormInstance struct {
 	// KeystoreCalls returns the keystore unwraps made so far, or nil if
 	// they cannot be counted (the floor has no keystore).
 	KeystoreCalls func(ctx context.Context) (int64, error)
-	Stop          func() error
+	// RemoteCalls, if not nil, returns the Decrypt requests the keystore
+	// server itself has answered so far (an emulator in the benchmark's
+	// process can count them): what the storm cost the remote service,
+	// retries and health probes included.
+	RemoteCalls func(ctx context.Context) (int64, error)
+	Stop        func() error
 }
 
 // StormTarget is a server to storm: how to start it cold, and the Decrypt
@@ -104,7 +109,10 @@ type StormRound struct {
 	// KeystoreCalls is the keystore unwraps the storm caused; -1 if not
 	// counted.
 	KeystoreCalls int64 `json:"keystore_calls"`
-	RSSPeakKiB    int64 `json:"rss_peak_kib,omitempty"`
+	// RemoteCalls is the Decrypt requests the keystore server answered
+	// during the storm; -1 if not counted.
+	RemoteCalls int64 `json:"remote_calls"`
+	RSSPeakKiB  int64 `json:"rss_peak_kib,omitempty"`
 }
 
 // StormResult is one target's storms.
@@ -133,9 +141,13 @@ func Storm(ctx context.Context, cfg StormConfig, targets ...*StormTarget) ([]*St
 			}
 			out[i].Rounds = append(out[i].Rounds, r)
 			if cfg.Progress != nil {
-				fmt.Fprintf(cfg.Progress, "storm round %d/%d %-22s %5d decrypts in %8s  p50 %8s  p99 %8s  keystore calls %d\n",
+				remote := ""
+				if r.RemoteCalls >= 0 {
+					remote = fmt.Sprintf("  remote decrypts %d", r.RemoteCalls)
+				}
+				fmt.Fprintf(cfg.Progress, "storm round %d/%d %-22s %5d decrypts in %8s  p50 %8s  p99 %8s  keystore calls %d%s\n",
 					round+1, cfg.Rounds, targets[i].Name, r.Ops, r.Elapsed.Round(10*time.Microsecond),
-					r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), r.KeystoreCalls)
+					r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), r.KeystoreCalls, remote)
 			}
 		}
 	}
@@ -148,10 +160,15 @@ func stormOnce(ctx context.Context, cfg StormConfig, t *StormTarget) (StormRound
 		return StormRound{}, err
 	}
 	defer func() { _ = inst.Stop() }()
-	r := StormRound{KeystoreCalls: -1}
-	var before int64
+	r := StormRound{KeystoreCalls: -1, RemoteCalls: -1}
+	var before, remoteBefore int64
 	if inst.KeystoreCalls != nil {
 		if before, err = inst.KeystoreCalls(ctx); err != nil {
+			return r, err
+		}
+	}
+	if inst.RemoteCalls != nil {
+		if remoteBefore, err = inst.RemoteCalls(ctx); err != nil {
 			return r, err
 		}
 	}
@@ -182,6 +199,13 @@ func stormOnce(ctx context.Context, cfg StormConfig, t *StormTarget) (StormRound
 			return r, err
 		}
 		r.KeystoreCalls = after - before
+	}
+	if inst.RemoteCalls != nil {
+		after, err := inst.RemoteCalls(ctx)
+		if err != nil {
+			return r, err
+		}
+		r.RemoteCalls = after - remoteBefore
 	}
 	return r, nil
 }

@@ -18,6 +18,15 @@
 //     --storm-conc at a time; keystore calls counted inside the server;
 //   - VmRSS of every server: idle after start, sampled during the load, and
 //     idle after it.
+//
+// --keystores adds real root keystores to the sweep and the storm (a
+// SoftHSM2 token, AWS KMS emulated by local-kms in this process, a Vault dev
+// server's Transit): per keystore, keywarden's service over it (kwlab
+// local-kek, "keywarden-<name>") and the per-call plugin over it
+// ("percall-<name>"), beside keywarden's service over the file keystore
+// ("keywarden-file"):
+//
+//	go run ./bench/cmd/kwbench --keystores pkcs11,aws,vault --conc 1,64 --slow-delay 0 --bare=false
 package main
 
 import (
@@ -39,6 +48,7 @@ import (
 
 	"github.com/keywarden/keywarden/bench"
 	"github.com/keywarden/keywarden/bench/lab"
+	"github.com/keywarden/keywarden/bench/rig"
 	"github.com/keywarden/keywarden/keystore/byuri"
 )
 
@@ -68,8 +78,13 @@ type options struct {
 	stormConc     int
 	stormRounds   int
 	idlePause     time.Duration
+	keystores     []keystoreSpec
 	args          []string
 }
+
+// keystoreSpec is one --keystores entry: a name, and a URI unless the rig
+// sets the keystore up.
+type keystoreSpec struct{ name, uri string }
 
 func parseFlags(args []string) (*options, error) {
 	o := &options{args: args}
@@ -92,8 +107,25 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.stormConc, "storm-conc", 64, "Decrypts in flight during the storm")
 	fs.IntVar(&o.stormRounds, "storm-rounds", 5, "rounds of the storm (a fresh server each)")
 	fs.DurationVar(&o.idlePause, "idle-pause", 2*time.Second, "pause before reading idle VmRSS")
+	stores := fs.String("keystores", "", "root keystores to add to the sweep and the storm, comma-separated: pkcs11 (a SoftHSM2 token made here), aws (local-kms served in this process), vault (a Transit key on the dev server at $VAULT_ADDR, root token $VAULT_TOKEN), or name=URI for a keystore that exists (its server's environment is this process's)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if *stores != "" {
+		seen := map[string]bool{}
+		for _, f := range strings.Split(*stores, ",") {
+			name, uri, _ := strings.Cut(strings.TrimSpace(f), "=")
+			switch {
+			case name == "" || strings.ContainsAny(name, " /"):
+				return nil, fmt.Errorf("--keystores: bad name %q", name)
+			case seen[name]:
+				return nil, fmt.Errorf("--keystores: %q given twice", name)
+			case uri == "" && name != "pkcs11" && name != "aws" && name != "vault":
+				return nil, fmt.Errorf("--keystores: %q is none of pkcs11, aws, vault: give it as %s=URI", name, name)
+			}
+			seen[name] = true
+			o.keystores = append(o.keystores, keystoreSpec{name: name, uri: uri})
+		}
 	}
 	for _, s := range strings.Split(*concs, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -134,6 +166,11 @@ const (
 	bareName    = "keywarden-bare"
 	slowName    = "keywarden-slowks"
 	perCallName = "percall-slowks"
+	// With --keystores: keywarden's service (kwlab) over the file keystore,
+	// and per keystore <name> these prefixes + name.
+	kwFileName = "keywarden-file"
+	kwStorePfx = "keywarden-"
+	perCallPfx = "percall-"
 )
 
 // env is one run's binaries, working directory and keyset.
@@ -144,6 +181,7 @@ type env struct {
 	keystore string
 	logs     io.Writer
 	n        int
+	stores   []*rig.Keystore
 }
 
 func run(ctx context.Context, args []string, stdout io.Writer) error {
@@ -190,6 +228,16 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("create keyset: %w", err)
 	}
 
+	for _, ks := range o.keystores {
+		k, err := setupKeystore(ctx, e.work, ks)
+		if err != nil {
+			return fmt.Errorf("keystore %s: %w", ks.name, err)
+		}
+		defer k.Close()
+		fmt.Fprintf(stdout, "keystore %s: %s\n", k.Name, redactURI(k.URI))
+		e.stores = append(e.stores, k)
+	}
+
 	r := &bench.Report{Floor: floorName, Meta: meta(start, o)}
 	if o.scenarios["sweep"] {
 		if err := sweep(ctx, e, r, stdout); err != nil {
@@ -201,7 +249,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	r.Checks = checks(o, r)
+	r.Checks = checks(o, e.stores, r)
 	r.Meta.Duration = time.Since(start)
 	if r.Plots, err = bench.WritePlots(o.out, r); err != nil {
 		return fmt.Errorf("plots: %w", err)
@@ -235,6 +283,55 @@ type server struct {
 	name string
 	kind string // floor, keywarden, lab
 	args []string
+	// keystore overrides the run's file keystore; env is added to the
+	// server's environment.
+	keystore string
+	env      []string
+}
+
+// storeServer is kwlab in mode over the keystore k.
+func storeServer(name, mode string, k *rig.Keystore, extra ...string) server {
+	s := labServer(name, mode, 0, extra...)
+	s.keystore, s.env = k.URI, k.Env
+	return s
+}
+
+// setupKeystore makes the keystore spec names, or wraps the URI it gives.
+func setupKeystore(ctx context.Context, dir string, ks keystoreSpec) (*rig.Keystore, error) {
+	if ks.uri != "" {
+		return &rig.Keystore{Name: ks.name, URI: ks.uri, Remote: !strings.HasPrefix(ks.uri, "pkcs11:")}, nil
+	}
+	var k *rig.Keystore
+	var err error
+	switch ks.name {
+	case "pkcs11":
+		k, err = rig.SoftHSM(ctx, dir)
+	case "aws":
+		k, err = rig.LocalKMS(ctx, dir)
+	case "vault":
+		k, err = rig.Vault(ctx, os.Getenv("VAULT_ADDR"), os.Getenv("VAULT_TOKEN"), dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	k.Name = ks.name
+	return k, nil
+}
+
+// redactURI drops a URI's query (PINs, token paths) for printing.
+func redactURI(uri string) string {
+	u, _, _ := strings.Cut(uri, "?")
+	return u
+}
+
+// perCallLimit is the issues' bar for keywarden over the per-call plugin on
+// the same keystore at concurrency 64: 1.8× for an HSM (#4), 8× for a
+// remote KMS (#8).
+func perCallLimit(k *rig.Keystore) float64 {
+	if k.Remote {
+		return 8
+	}
+	return 1.8
 }
 
 func floorServer() server { return server{name: floorName, kind: "floor"} }
@@ -253,6 +350,10 @@ func (e *env) start(ctx context.Context, s server) (*bench.Process, error) {
 	var bin string
 	var args []string
 	httpAddr := ""
+	ks := e.keystore
+	if s.keystore != "" {
+		ks = s.keystore
+	}
 	switch s.kind {
 	case "floor":
 		bin, args = "kwfloor", []string{"--listen", listen}
@@ -262,18 +363,25 @@ func (e *env) start(ctx context.Context, s server) (*bench.Process, error) {
 			return nil, err
 		}
 		httpAddr = a
-		bin, args = "keywarden", []string{"--listen", listen, "--keystore", e.keystore, "--metrics-addr", a}
+		bin, args = "keywarden", []string{"--listen", listen, "--keystore", ks, "--metrics-addr", a}
 	case "lab":
 		a, err := freeAddr()
 		if err != nil {
 			return nil, err
 		}
 		httpAddr = a
-		bin, args = "kwlab", []string{"--listen", listen, "--keystore", e.keystore, "--http-addr", a}
+		bin, args = "kwlab", []string{"--listen", listen, "--keystore", ks, "--http-addr", a}
 	}
 	args = append(args, s.args...)
-	fmt.Fprintf(e.logs, "=== %s: %s %s\n", s.name, bin, strings.Join(args, " "))
-	return bench.StartProcess(ctx, s.name, sock, httpAddr, e.logs, filepath.Join(e.bin, bin), args...)
+	logged := make([]string, len(args))
+	for i, a := range args {
+		logged[i] = a
+		if i > 0 && args[i-1] == "--keystore" {
+			logged[i] = redactURI(a)
+		}
+	}
+	fmt.Fprintf(e.logs, "=== %s: %s %s\n", s.name, bin, strings.Join(logged, " "))
+	return bench.StartProcessEnv(ctx, s.name, sock, httpAddr, s.env, e.logs, filepath.Join(e.bin, bin), args...)
 }
 
 func sweep(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error {
@@ -291,6 +399,14 @@ func sweep(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error
 		servers = append(servers,
 			labServer(slowName, lab.ModeLocalKEK, o.slowDelay),
 			labServer(perCallName, lab.ModePerCall, o.slowDelay))
+	}
+	if len(e.stores) > 0 {
+		servers = append(servers, labServer(kwFileName, lab.ModeLocalKEK, 0))
+		for _, k := range e.stores {
+			servers = append(servers,
+				storeServer(kwStorePfx+k.Name, lab.ModeLocalKEK, k),
+				storeServer(perCallPfx+k.Name, lab.ModePerCall, k))
+		}
 	}
 	var targets []*bench.Target
 	var procs []*bench.Process
@@ -353,6 +469,14 @@ func sweep(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error
 			if err := r.Compare(n, kwName); err != nil {
 				return err
 			}
+		}
+	}
+	for _, k := range e.stores {
+		if err := r.Compare(kwStorePfx+k.Name, kwFileName); err != nil {
+			return err
+		}
+		if err := r.Compare(kwStorePfx+k.Name, perCallPfx+k.Name); err != nil {
+			return err
 		}
 	}
 	sleep(ctx, o.idlePause)
@@ -424,6 +548,22 @@ func (e *env) starter(s server) func(ctx context.Context) (*bench.StormInstance,
 	}
 }
 
+// remoteCounting adds the keystore server's own Decrypt count to start's
+// instances, where the rig can count them (local-kms).
+func (e *env) remoteCounting(k *rig.Keystore, start func(ctx context.Context) (*bench.StormInstance, error)) func(ctx context.Context) (*bench.StormInstance, error) {
+	if k.RemoteDecrypts == nil {
+		return start
+	}
+	return func(ctx context.Context) (*bench.StormInstance, error) {
+		inst, err := start(ctx)
+		if err != nil {
+			return nil, err
+		}
+		inst.RemoteCalls = func(context.Context) (int64, error) { return k.RemoteDecrypts(), nil }
+		return inst, nil
+	}
+}
+
 func storm(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error {
 	o := e.o
 	perKEK := (o.stormDecrypts + o.stormKEKs - 1) / o.stormKEKs
@@ -454,6 +594,24 @@ func storm(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error
 		pc.Name, pc.Start = perCallName, e.starter(labServer(perCallName, lab.ModePerCall, o.slowDelay))
 		targets = append(targets, &slow, pc)
 	}
+	for _, k := range e.stores {
+		name := kwStorePfx + k.Name
+		t, err := e.mint(ctx, storeServer(name, lab.ModeLocalKEK, k, "--kek-max-uses", strconv.Itoa(perKEK)), 1)
+		if err != nil {
+			return err
+		}
+		if t.KEKs != o.stormKEKs {
+			return fmt.Errorf("%s: minting made %d local KEKs, want %d", name, t.KEKs, o.stormKEKs)
+		}
+		t.Name, t.Start = name, e.remoteCounting(k, e.starter(storeServer(name, lab.ModeLocalKEK, k)))
+		pname := perCallPfx + k.Name
+		pc, err := e.mint(ctx, storeServer(pname, lab.ModePerCall, k), 16)
+		if err != nil {
+			return err
+		}
+		pc.Name, pc.Start = pname, e.remoteCounting(k, e.starter(storeServer(pname, lab.ModePerCall, k)))
+		targets = append(targets, t, pc)
+	}
 	res, err := bench.Storm(ctx, bench.StormConfig{Concurrency: o.stormConc, Rounds: o.stormRounds, Progress: stdout}, targets...)
 	if err != nil {
 		return err
@@ -465,7 +623,7 @@ func storm(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error
 	return nil
 }
 
-func checks(o *options, r *bench.Report) []bench.Check {
+func checks(o *options, stores []*rig.Keystore, r *bench.Report) []bench.Check {
 	var cs []bench.Check
 	nan := func(c *bench.Comparison, f func(*bench.Comparison) float64) float64 {
 		if c == nil {
@@ -522,17 +680,33 @@ func checks(o *options, r *bench.Report) []bench.Check {
 		if peak > 0 {
 			cs = append(cs, bench.NewCheck("keywarden VmRSS peak at concurrency 64", bench.MiB(peak), "<=", 32, " MiB", "sampled every 20 ms during every round"))
 		}
+		for _, k := range stores {
+			kw := kwStorePfx + k.Name
+			for _, op := range o.ops {
+				cs = append(cs, bench.NewCheck(fmt.Sprintf("%s: %s throughput / %s, concurrency 64", kw, op, kwFileName),
+					nan(r.Comparison(kw, kwFileName, op, 64), tput), ">=", 0.95, "×", aa(op, 64, tput)))
+			}
+			for _, op := range o.ops {
+				cs = append(cs, bench.NewCheck(fmt.Sprintf("%s: %s throughput / %s%s, concurrency 64", kw, op, perCallPfx, k.Name),
+					nan(r.Comparison(kw, perCallPfx+k.Name, op, 64), tput), ">=", perCallLimit(k), "×", ""))
+			}
+		}
 	}
 	for _, s := range r.Storm {
-		if s.Target != kwName && s.Target != slowName {
+		if s.Target != kwName && s.Target != slowName && (s.KEKs == 0 || !strings.HasPrefix(s.Target, kwStorePfx)) {
 			continue
 		}
-		var worst int64
+		worst, worstRemote := int64(0), int64(-1)
 		for _, x := range s.Rounds {
 			worst = max(worst, x.KeystoreCalls)
+			worstRemote = max(worstRemote, x.RemoteCalls)
 		}
 		cs = append(cs, bench.NewCheck(fmt.Sprintf("%s: keystore calls for a cold storm of %d Decrypts over %d KEKs (worst round)", s.Target, s.Decrypts, s.KEKs),
 			float64(worst), "==", float64(s.KEKs), "", ""))
+		if worstRemote >= 0 {
+			cs = append(cs, bench.NewCheck(fmt.Sprintf("%s: Decrypt requests reaching the keystore server in that storm (worst round)", s.Target),
+				float64(worstRemote), "==", float64(s.KEKs), "", "counted by the emulator itself"))
+		}
 	}
 	return cs
 }
@@ -547,6 +721,22 @@ func meta(start time.Time, o *options) bench.Meta {
 	}
 	if o.aa {
 		m.Notes = append(m.Notes, floor2Name+" is a second, identical floor process: its ratios to floor are this run's noise, the resolution of every other ratio.")
+	}
+	if len(o.keystores) > 0 {
+		m.Notes = append(m.Notes, kwFileName+" and every "+kwStorePfx+"<keystore> run kwlab --mode local-kek (keywarden's kms.Service and interceptors, as cmd/keywarden wires them) over the file keystore and over each root keystore; "+
+			perCallPfx+"<keystore> runs kwlab --mode per-call (one keystore call per request) over the same keystore. Ratios between them are same-binary, same-run.")
+		for _, ks := range o.keystores {
+			switch {
+			case ks.uri != "":
+				m.Notes = append(m.Notes, fmt.Sprintf("keystore %s: %s", ks.name, redactURI(ks.uri)))
+			case ks.name == "pkcs11":
+				m.Notes = append(m.Notes, "keystore pkcs11: a SoftHSM2 token made for the run (file object store in a temporary directory), opened by each server process through the PKCS#11 module.")
+			case ks.name == "aws":
+				m.Notes = append(m.Notes, "keystore aws: local-kms (an AWS KMS emulator) served on 127.0.0.1 inside kwbench's own process, so its CPU is counted as client CPU for the aws targets: their CPU-bound ratios mean nothing. The emulator answers in well under a millisecond, far faster than AWS KMS over a network.")
+			case ks.name == "vault":
+				m.Notes = append(m.Notes, "keystore vault: a Transit aes256-gcm96 key on a Vault dev server (in memory) on 127.0.0.1, a token with keywarden's least-privilege policy.")
+			}
+		}
 	}
 	if o.bare {
 		m.Notes = append(m.Notes, bareName+" is a diagnostic: keywarden's kms.Service served without its interceptors (metrics, logging, recovery); keywarden never runs so.")
