@@ -24,6 +24,7 @@ import (
 	"github.com/keywarden/keywarden/internal/stored"
 	"github.com/keywarden/keywarden/keystore"
 	"github.com/keywarden/keywarden/keystore/byuri"
+	"github.com/keywarden/keywarden/keystore/file"
 )
 
 // The steps of a rotation, in order.
@@ -41,6 +42,7 @@ const (
 type rotateState struct {
 	Version  int          `json:"version"`
 	Keystore string       `json:"keystore"`
+	Nodes    []string     `json:"nodes,omitempty"`
 	OldKey   string       `json:"oldKeyID"`
 	NewKey   string       `json:"newKeyID,omitempty"`
 	Started  time.Time    `json:"started"`
@@ -89,6 +91,8 @@ func (s *rotateState) save(p string) error {
 
 type rotateFlags struct {
 	keystore      string
+	nodes         []string
+	nodeSockets   []string
 	sock          socketFlags
 	mig           migrateFlags
 	etcd          etcdFlags
@@ -148,13 +152,21 @@ with exit code 3 and a hint: fix the cause, then run the same command with
 apiserver and etcd are reachable and consistent, shows what each step would
 do, and audits etcd as it is now.
 
-HA control planes: every node has its own keywarden and keystore copy. Do
-not let rotate add and promote on one node only. Add the version and
-distribute it to every node, promote it on every node (kmsctl keys add /
-promote), then run rotate on one node with --new-key NEW --old-key OLD: it
-finds NEW already primary and goes on with the waits, migrate and audit.
-The plugin and pickup checks see only this node's plugin and whichever
-apiserver answers; check the others with kmsctl status.
+HA control planes: every node has its own keywarden and keystore copy, and
+a node that meets a key it does not have cannot decrypt. So the rotation is
+two-phase: add the version everywhere, then promote it everywhere. With
+--nodes (the other nodes' keystore URIs, reachable from here: a mounted or
+synced copy of each node's keyset, or each node's view of a shared token)
+rotate does both: the add step adds NEW here and copies it into every
+node's keyset (file keystores; a token must already have it), then checks
+that every node has it enabled; the promote step refuses while any node
+lacks it, then promotes it on every node. --node-sockets adds the other
+nodes' keywarden sockets to the plugin step's wait. Without --nodes, rotate
+refuses to add or promote when kube-apiserver lists more apiservers than
+keystores it was given (the default/kubernetes EndpointSlice); do the two
+phases by hand (kmsctl keys add, copy, promote on each node), then run
+rotate with --new-key NEW --old-key OLD: it finds NEW already primary and
+goes on with the waits, migrate and audit.
 
 Changing the keystore needs --yes when stdin is not a terminal.`,
 		Example: `  # single control-plane node, file keystore
@@ -173,6 +185,8 @@ Changing the keystore needs --yes when stdin is not a terminal.`,
 	fl := cmd.Flags()
 	fl.StringVar(&f.keystore, "keystore", "", "keystore URI of this node's keywarden: "+byuri.URIForms)
 	_ = cmd.MarkFlagRequired("keystore")
+	fl.StringSliceVar(&f.nodes, "nodes", nil, "HA: the other control-plane nodes' keystore URIs (their keyset copies), for the two-phase add-everywhere-then-promote-everywhere")
+	fl.StringSliceVar(&f.nodeSockets, "node-sockets", nil, "HA: the other nodes' keywarden sockets (unix:///…), also waited for in the plugin step")
 	f.sock.add(cmd)
 	f.mig.add(cmd, false)
 	f.etcd.add(cmd, false)
@@ -237,11 +251,13 @@ func (g *globals) rotate(ctx context.Context, f *rotateFlags) (err error) {
 		return usageError{fmt.Errorf("--resume: the rotation in %s is complete", f.stateFile)}
 	case f.resume && st.Keystore != f.keystore:
 		return usageError{fmt.Errorf("--resume: %s records keystore %s, not %s", f.stateFile, st.Keystore, f.keystore)}
+	case f.resume && !slices.Equal(st.Nodes, f.nodes):
+		return usageError{fmt.Errorf("--resume: %s records --nodes %s, not %s", f.stateFile, strings.Join(st.Nodes, ","), strings.Join(f.nodes, ","))}
 	case !f.resume && !f.dryRun && st != nil && !st.Complete:
 		return usageError{fmt.Errorf("a rotation from %s to %s is in progress in %s: add --resume, or remove the file to start over",
 			st.OldKey, orNone(st.NewKey), f.stateFile)}
 	case !f.resume:
-		st = &rotateState{Version: 1, Keystore: f.keystore, OldKey: f.oldKey, NewKey: f.newKey, Started: g.now().UTC()}
+		st = &rotateState{Version: 1, Keystore: f.keystore, Nodes: f.nodes, OldKey: f.oldKey, NewKey: f.newKey, Started: g.now().UTC()}
 		if st.OldKey == "" {
 			st.OldKey = primary
 		}
@@ -270,14 +286,26 @@ func (g *globals) rotate(ctx context.Context, f *rotateFlags) (err error) {
 		return problem("plugin's Status key_id %s is not %s's primary %s: is --keystore the keystore this plugin uses, and has it reloaded?",
 			pst.KeyId, f.keystore, primary)
 	}
+	nodes, closeNodes, err := openNodes(ctx, f.keystore, f.nodes)
+	if err != nil {
+		return err
+	}
+	defer closeNodes()
+	if err := g.preflightNodes(ctx, f, st, nodes, primary); err != nil {
+		return err
+	}
 
 	if f.dryRun {
-		return g.rotateDryRun(ctx, f, out, vs, primary)
+		return g.rotateDryRun(ctx, f, out, vs, primary, nodes)
 	}
 
 	plan := fmt.Sprintf("Will rotate the root key of %s: retire %s for %s.\n"+
 		"Steps: add, promote, wait for the plugin (%s), wait for kube-apiserver (%s), migrate, audit.\n",
 		f.keystore, st.OldKey, orNone(map[bool]string{true: st.NewKey, false: "a new version"}[st.NewKey != ""]), f.pluginTimeout, f.pickupWindow)
+	if len(nodes) > 0 {
+		plan += fmt.Sprintf("HA, two phases: phase 1 puts the new version in the %d other nodes' keystores (%s) and checks that all have it; phase 2 promotes it in all %d, only then.\n",
+			len(nodes), strings.Join(f.nodes, ", "), 1+len(nodes))
+	}
 	if f.resume {
 		plan = fmt.Sprintf("Will resume the rotation of %s from %s to %s recorded in %s.\n", f.keystore, st.OldKey, st.NewKey, f.stateFile)
 	}
@@ -326,17 +354,26 @@ func (g *globals) rotate(ctx context.Context, f *rotateFlags) (err error) {
 		fn   func() (string, error)
 	}{
 		{stepAdd, func() (string, error) {
-			if st.NewKey != "" {
-				return "using existing version " + st.NewKey, nil
+			detail := "using existing version " + st.NewKey
+			if st.NewKey == "" {
+				v, err := m.Add(ctx)
+				if err != nil {
+					return "", err
+				}
+				st.NewKey = v.KeyID
+				detail = "added " + v.KeyID
 			}
-			v, err := m.Add(ctx)
-			if err != nil {
-				return "", err
+			if len(nodes) == 0 {
+				return detail, nil
 			}
-			st.NewKey = v.KeyID
-			return "added " + v.KeyID, nil
+			// Phase 1 of the HA rotation: NEW on every node, or no promote.
+			d, err := distribute(ctx, b, nodes, st.NewKey)
+			return detail + d, err
 		}},
 		{stepPromote, func() (string, error) {
+			if len(nodes) > 0 {
+				return promoteEverywhere(ctx, m, nodes, st.NewKey)
+			}
 			vs, err := m.List(ctx)
 			if err != nil {
 				return "", err
@@ -351,7 +388,17 @@ func (g *globals) rotate(ctx context.Context, f *rotateFlags) (err error) {
 			}
 			return "promoted " + st.NewKey, nil
 		}},
-		{stepPlugin, func() (string, error) { return g.waitPlugin(ctx, f, st.NewKey) }},
+		{stepPlugin, func() (string, error) {
+			var details []string
+			for _, sock := range append([]string{f.sock.socket}, f.nodeSockets...) {
+				d, err := g.waitPlugin(ctx, &socketFlags{socket: sock, timeout: f.sock.timeout}, f.pluginTimeout, st.NewKey)
+				if err != nil {
+					return "", err
+				}
+				details = append(details, d)
+			}
+			return strings.Join(details, "; "), nil
+		}},
 		{stepPickup, func() (string, error) { return g.waitPickup(ctx, f, st.NewKey) }},
 		{stepMigrate, func() (string, error) {
 			mf := f.mig
@@ -416,22 +463,22 @@ func orNone(s string) string {
 	return s
 }
 
-// waitPlugin polls the plugin's Status until it reports keyID.
-func (g *globals) waitPlugin(ctx context.Context, f *rotateFlags, keyID string) (string, error) {
+// waitPlugin polls the plugin's Status on sock until it reports keyID.
+func (g *globals) waitPlugin(ctx context.Context, sock *socketFlags, timeout time.Duration, keyID string) (string, error) {
 	t0 := g.now()
 	var last string
 	for {
-		r, err := f.sock.status(ctx)
+		r, err := sock.status(ctx)
 		if err == nil && r.KeyId == keyID && r.Healthz == "ok" {
-			return fmt.Sprintf("Status key_id %s after %s", keyID, g.now().Sub(t0).Round(time.Second)), nil
+			return fmt.Sprintf("%s: Status key_id %s after %s", sock.socket, keyID, g.now().Sub(t0).Round(time.Second)), nil
 		}
 		if err != nil {
 			last = err.Error()
 		} else {
 			last = fmt.Sprintf("key_id %s, healthz %s", r.KeyId, r.Healthz)
 		}
-		if g.now().Sub(t0) > f.pluginTimeout {
-			return "", surprise{fmt.Sprintf("keywarden did not report key_id %s within --plugin-timeout %s (last: %s): is it running on this keystore?", keyID, f.pluginTimeout, last)}
+		if g.now().Sub(t0) > timeout {
+			return "", surprise{fmt.Sprintf("keywarden on %s did not report key_id %s within --plugin-timeout %s (last: %s): is it running on this keystore?", sock.socket, keyID, timeout, last)}
 		}
 		if err := sleep(ctx, time.Second); err != nil {
 			return "", err
@@ -523,7 +570,7 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // rotateDryRun checks everything rotate needs and shows the plan.
-func (g *globals) rotateDryRun(ctx context.Context, f *rotateFlags, out *rotateOut, vs []keystore.KeyVersion, primary string) error {
+func (g *globals) rotateDryRun(ctx context.Context, f *rotateFlags, out *rotateOut, vs []keystore.KeyVersion, primary string, nodes []*node) error {
 	st := out.State
 	plan := func(name, detail string) { st.record(stepResult{Name: name, Status: "planned", Detail: detail}) }
 	if st.NewKey != "" {
@@ -537,7 +584,28 @@ func (g *globals) rotateDryRun(ctx context.Context, f *rotateFlags, out *rotateO
 		plan(stepAdd, fmt.Sprintf("add a version to %s (%d now)", f.keystore, len(vs)))
 		plan(stepPromote, "promote it (primary now: "+primary+")")
 	}
-	plan(stepPlugin, fmt.Sprintf("wait up to %s for Status key_id to change (now %s, healthy)", f.pluginTimeout, primary))
+	if len(nodes) > 0 {
+		// The two phases, and what each node has now.
+		var have []string
+		for _, n := range nodes {
+			_, ok, err := versionOn(ctx, n.m, st.NewKey)
+			if err != nil {
+				return fmt.Errorf("node %s: %w", n.uri, err)
+			}
+			how := "will be copied"
+			switch {
+			case st.NewKey != "" && ok:
+				how = "has it"
+			case n.b.Name() != file.Name:
+				how = "must get it from its token's replication; rotate only checks"
+			}
+			have = append(have, n.uri+": "+how)
+		}
+		add := out.State.Steps[0]
+		plan(stepAdd, add.Detail+"; phase 1: put it on every other node ("+strings.Join(have, "; ")+") and check all have it enabled")
+		plan(stepPromote, fmt.Sprintf("phase 2, only once every node has it: promote it in all %d keystores", 1+len(nodes)))
+	}
+	plan(stepPlugin, fmt.Sprintf("wait up to %s for Status key_id to change on %s (now %s, healthy)", f.pluginTimeout, strings.Join(append([]string{f.sock.socket}, f.nodeSockets...), ", "), primary))
 	plan(stepPickup, fmt.Sprintf("write Secret %s/%s every %s until etcd shows it under the new key, up to %s", f.canaryNS, canaryName, f.pickupPoll, f.pickupWindow))
 	k, err := f.mig.kube.connect()
 	if err != nil {

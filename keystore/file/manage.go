@@ -2,11 +2,13 @@ package file
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"syscall"
 
 	"github.com/tink-crypto/tink-go/v2/aead"
+	"github.com/tink-crypto/tink-go/v2/aead/aesgcm"
 	"github.com/tink-crypto/tink-go/v2/keyset"
 
 	"github.com/keywarden/keywarden/internal/atomicfile"
@@ -187,3 +189,59 @@ func (b *Backend) Destroy(ctx context.Context, keyID string) error {
 		return m.Delete(v.tinkID)
 	})
 }
+
+// Import copies version keyID, key material and Tink ID alike, from src into
+// b's keyset, enabled and not primary: how one control-plane node's keyset
+// gets the version another node's added, so that both can decrypt what
+// either writes once it is promoted. The copy has the same key ID (the ID
+// fingerprints the key). Importing a version b already has changes nothing;
+// a different key under the same Tink ID is refused.
+func (b *Backend) Import(ctx context.Context, src *Backend, keyID string) (keystore.KeyVersion, error) {
+	if err := ctx.Err(); err != nil {
+		return keystore.KeyVersion{}, err
+	}
+	h, _, err := readHandle(src.path)
+	if err != nil {
+		return keystore.KeyVersion{}, err
+	}
+	var k *aesgcm.Key
+	for i := range h.Len() {
+		e, err := h.Entry(i)
+		if err != nil {
+			return keystore.KeyVersion{}, fmt.Errorf("%w: keyset entry %d: %v", keystore.ErrConfig, i, err)
+		}
+		if ek, ok := e.Key().(*aesgcm.Key); ok && keyIDFor(e.KeyID(), ek) == keyID {
+			if e.KeyStatus() != keyset.Enabled {
+				return keystore.KeyVersion{}, fmt.Errorf("%w: %q is %s in %s", keystore.ErrKeyDisabled, keyID, state(e.KeyStatus()), src.path)
+			}
+			k = ek
+		}
+	}
+	if k == nil {
+		return keystore.KeyVersion{}, fmt.Errorf("%w: no version %q in %s", keystore.ErrKeyNotFound, short(keyID), src.path)
+	}
+	tinkID, _ := k.IDRequirement()
+	out := keystore.KeyVersion{KeyID: keyID, State: keystore.KeyEnabled}
+	err = b.modify(ctx, func(m *keyset.Manager, ks *loaded) error {
+		if v, ok := ks.byKeyID[keyID]; ok {
+			out.State, out.Primary = state(v.status), keyID == ks.primary
+			return errUnchanged
+		}
+		for _, v := range ks.versions {
+			if v.tinkID == tinkID {
+				return fmt.Errorf("%w: %s already holds another key with Tink ID %d (%s)", keystore.ErrConfig, b.path, tinkID, v.keyID)
+			}
+		}
+		if _, err := m.AddKey(k); err != nil {
+			return fmt.Errorf("import key version: %w", err)
+		}
+		return nil
+	})
+	if errors.Is(err, errUnchanged) {
+		err = nil
+	}
+	return out, err
+}
+
+// errUnchanged stops modify before it writes: there is nothing to change.
+var errUnchanged = errors.New("keyset unchanged")
