@@ -16,6 +16,9 @@ type Tools struct {
 	Etcdctl       string
 	KubeAPIServer string
 	Kubectl       string
+	// KubeControllerManager runs only in the tests that need a controller
+	// (the StorageVersionMigration one).
+	KubeControllerManager string
 }
 
 const modulePath = "github.com/keywarden/keywarden"
@@ -47,9 +50,11 @@ func FindTools() (Tools, error) {
 		Etcdctl:       filepath.Join(toolsDir, "etcdctl"),
 		KubeAPIServer: filepath.Join(toolsDir, "kube-apiserver"),
 		Kubectl:       filepath.Join(toolsDir, "kubectl"),
+
+		KubeControllerManager: filepath.Join(toolsDir, "kube-controller-manager"),
 	}
 	var errs []error
-	for _, p := range []string{t.Keywarden, t.Kmsctl, t.Etcd, t.Etcdctl, t.KubeAPIServer, t.Kubectl} {
+	for _, p := range []string{t.Keywarden, t.Kmsctl, t.Etcd, t.Etcdctl, t.KubeAPIServer, t.Kubectl, t.KubeControllerManager} {
 		abs, err := filepath.Abs(p)
 		if err != nil {
 			errs = append(errs, err)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real control plane the end-to-end tests run against:
-#   kube-apiserver, kubectl (k8s.io/kubernetes v1.37.2), etcd, etcdctl (v3.7.0)
+#   kube-apiserver, kube-controller-manager, kubectl, kubeadm (k8s.io/kubernetes
+#   v1.37.2), etcd, etcdctl (v3.7.0)
 # into test/e2e/tools/bin/, from the pins in this folder's go.mod / go.sum.
 #
 # Cold build: several minutes and ~3 GB of Go build cache. To make fresh clones
@@ -25,6 +26,7 @@ TOOLS=(
 	"kubectl:k8s.io/kubernetes/cmd/kubectl"
 	"kube-apiserver:k8s.io/kubernetes/cmd/kube-apiserver"
 	"kubeadm:k8s.io/kubernetes/cmd/kubeadm"
+	"kube-controller-manager:k8s.io/kubernetes/cmd/kube-controller-manager"
 )
 
 log() { echo "e2e-tools: $*"; }
@@ -58,6 +60,8 @@ check() { # verify the binaries in bin/ run and report the pinned versions
 	[[ "$out" == *"Client Version: ${K8S_VERSION}"* ]] || { log "kubectl version --client: '$out'"; return 1; }
 	out="$("$bin/kubeadm" version -o short)"
 	[[ "$out" == "${K8S_VERSION}" ]] || { log "kubeadm version: '$out', want ${K8S_VERSION}"; return 1; }
+	out="$("$bin/kube-controller-manager" --version)"
+	[[ "$out" == "Kubernetes ${K8S_VERSION}" ]] || { log "kube-controller-manager --version: '$out', want Kubernetes ${K8S_VERSION}"; return 1; }
 	out="$("$bin/etcd" --version)"
 	[[ "$out" == *"etcd Version: ${ETCD_VERSION}"* ]] || { log "etcd --version: '$out'"; return 1; }
 	out="$("$bin/etcdctl" version)"
