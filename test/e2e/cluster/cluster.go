@@ -11,7 +11,9 @@ const DefaultProvider = "keywarden"
 type Options struct {
 	// EtcdMembers is 1 (default) or 3.
 	EtcdMembers int
-	// Keyset is keywarden's root keystore; default a new one.
+	// Keyset is keywarden's root keystore; default a new file keyset.
+	// NewKeystore makes one of any other keystore URI (pkcs11:,
+	// hcvault://, aws-kms://).
 	Keyset *Keyset
 	// Keywarden configures keywarden; its Keyset field is overridden by
 	// Keyset above.

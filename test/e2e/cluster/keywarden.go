@@ -22,10 +22,17 @@ type KeyVersion struct {
 	Primary bool   `json:"primary"`
 }
 
-// Keyset is a file keystore (a Tink keyset) managed with kmsctl.
+// Keyset is keywarden's root keystore, managed with kmsctl: a file keystore
+// (a Tink keyset, NewKeyset), or any keystore keywarden opens by URI
+// (NewKeystore: PKCS#11, Vault Transit, AWS KMS, ...).
 type Keyset struct {
-	// Path is the keyset file's absolute path.
-	Path  string
+	// Path is the keyset file's absolute path; "" if the keystore is not a
+	// file.
+	Path string
+	// Env ("KEY=value") is added to the environment of keywarden and of
+	// kmsctl when they open this keystore: SOFTHSM2_CONF, AWS credentials.
+	Env   []string
+	uri   string
 	tools Tools
 }
 
@@ -40,16 +47,49 @@ func NewKeyset(t testing.TB, tools Tools) *Keyset {
 	return k
 }
 
+// NewKeystore names the keystore at uri, which keywarden and kmsctl open
+// with env added to their environment. Nothing is created: the key must
+// exist, or be made with Init.
+func NewKeystore(tools Tools, uri string, env ...string) *Keyset {
+	return &Keyset{uri: uri, Env: env, tools: tools}
+}
+
 // URI is the keystore URI keywarden and kmsctl open.
-func (k *Keyset) URI() string { return "file://" + k.Path }
+func (k *Keyset) URI() string {
+	if k.uri != "" {
+		return k.uri
+	}
+	return "file://" + k.Path
+}
+
+// Init creates the keystore's first, primary root key version with `kmsctl
+// keys init`.
+func (k *Keyset) Init(ctx context.Context) (KeyVersion, error) {
+	out, err := k.kmsctl(ctx, "keys", "init")
+	if err != nil {
+		return KeyVersion{}, err
+	}
+	var vs []KeyVersion
+	if err := json.Unmarshal(out, &vs); err != nil || len(vs) != 1 {
+		return KeyVersion{}, fmt.Errorf("kmsctl keys init printed %q: %v", out, err)
+	}
+	return vs[0], nil
+}
 
 func (k *Keyset) kmsctl(ctx context.Context, args ...string) ([]byte, error) {
 	args = append(args, "--keystore", k.URI(), "-o", "json")
-	return runKmsctl(ctx, k.tools, args...)
+	return runKmsctlEnv(ctx, k.tools, k.Env, args...)
 }
 
 func runKmsctl(ctx context.Context, tools Tools, args ...string) ([]byte, error) {
+	return runKmsctlEnv(ctx, tools, nil, args...)
+}
+
+func runKmsctlEnv(ctx context.Context, tools Tools, env []string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, tools.Kmsctl, args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -80,7 +120,7 @@ func (k *Keyset) Primary(ctx context.Context) (string, error) {
 			return v.KeyID, nil
 		}
 	}
-	return "", fmt.Errorf("keyset %s has no primary version", k.Path)
+	return "", fmt.Errorf("keystore %s has no primary version", k.URI())
 }
 
 // Add adds a new root key version (enabled, not primary) and returns it.
@@ -106,6 +146,9 @@ func (k *Keyset) Promote(ctx context.Context, keyID string) error {
 // file renamed over it), mode 0600: what distributing a keyset to another
 // control-plane node does.
 func (k *Keyset) CopyTo(path string) (*Keyset, error) {
+	if k.Path == "" {
+		return nil, fmt.Errorf("keystore %s is not a file: there is nothing to copy", k.URI())
+	}
 	b, err := os.ReadFile(k.Path)
 	if err != nil {
 		return nil, err
@@ -221,7 +264,7 @@ func (k *Keywarden) Start() error {
 		args = append(args, "--state-file", p)
 	}
 	args = append(args, k.opts.ExtraArgs...)
-	p, err := startProc("keywarden", k.LogPath, k.tools.Keywarden, args...)
+	p, err := startProcEnv("keywarden", k.LogPath, k.opts.Keyset.Env, k.tools.Keywarden, args...)
 	if err != nil {
 		return err
 	}

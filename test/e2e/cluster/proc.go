@@ -30,6 +30,12 @@ type proc struct {
 // stop and kill reach anything it forks, and gets SIGKILL if the thread
 // that started it (hence the test binary) dies.
 func startProc(name, logPath, path string, args ...string) (*proc, error) {
+	return startProcEnv(name, logPath, nil, path, args...)
+}
+
+// startProcEnv is startProc with env ("KEY=value") added to the test
+// process's environment; a key given twice takes its last value.
+func startProcEnv(name, logPath string, env []string, path string, args ...string) (*proc, error) {
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
@@ -39,6 +45,9 @@ func startProc(name, logPath, path string, args ...string) (*proc, error) {
 	cmd := exec.Command(path, args...)
 	cmd.Stdout = f
 	cmd.Stderr = f
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
