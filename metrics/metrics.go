@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -28,9 +27,6 @@ var latencyBuckets = []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, 
 // usable; a nil *Metrics is, and records nothing (for tests and tools).
 type Metrics struct {
 	Registry *prometheus.Registry
-	// GRPC provides the server interceptors: per-RPC counts and latency by
-	// method and code.
-	GRPC *grpcprom.ServerMetrics
 
 	keystoreSeconds *prometheus.HistogramVec
 	cacheHits       prometheus.Counter
@@ -45,6 +41,8 @@ type Metrics struct {
 	keystoreUp      prometheus.Gauge
 	buildInfo       *prometheus.GaugeVec
 
+	rpc *rpcMetrics
+
 	mu      sync.Mutex
 	rootKey [2]string // backend, hash currently exported
 }
@@ -54,13 +52,7 @@ type Metrics struct {
 func New() *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
-		GRPC: grpcprom.NewServerMetrics(
-			grpcprom.WithServerCounterOptions(grpcprom.WithNamespace(Namespace)),
-			grpcprom.WithServerHandlingTimeHistogram(
-				grpcprom.WithHistogramNamespace(Namespace),
-				grpcprom.WithHistogramBuckets(latencyBuckets),
-			),
-		),
+		rpc:      newRPCMetrics(),
 		keystoreSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Subsystem: "keystore", Name: "operation_duration_seconds",
 			Help:    "Latency of calls to the root keystore, by backend, operation and result class.",
@@ -112,7 +104,7 @@ func New() *Metrics {
 		}, []string{"version"}),
 	}
 	m.Registry.MustRegister(
-		m.GRPC, m.keystoreSeconds, m.cacheHits, m.cacheMisses, m.cacheSize,
+		m.rpc.started, m.rpc.handled, m.rpc.seconds, m.keystoreSeconds, m.cacheHits, m.cacheMisses, m.cacheSize,
 		m.kekGenerations, m.kekUses, m.kekAge, m.rootKeyInfo, m.lastCheck, m.healthy, m.keystoreUp, m.buildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

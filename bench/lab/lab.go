@@ -16,6 +16,7 @@ import (
 	"github.com/keywarden/keywarden/keystore/byuri"
 	"github.com/keywarden/keywarden/keystore/keystoretest"
 	"github.com/keywarden/keywarden/kms"
+	"github.com/keywarden/keywarden/kms/kmsgrpc"
 	"github.com/keywarden/keywarden/metrics"
 )
 
@@ -46,8 +47,8 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Server is keywarden's server as cmd/keywarden wires it (kms.Service,
-// metrics, the same interceptors and gRPC limits), with the keystore behind
+// Server is keywarden's server as cmd/keywarden wires it (kms.Service
+// served by kms/kmsgrpc: metrics, logging, recovery, gRPC limits), with the keystore behind
 // a keystoretest.Spy so that a benchmark can slow it down and count its
 // calls. It serves the "slow keystore" scenario, which needs the delay
 // inside the server process, and the in-process go test benchmarks.
@@ -93,8 +94,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Bare {
 		l.GRPC = floor.NewGRPCServer("lab", svc)
 	} else {
-		l.GRPC = floor.NewGRPCServer("lab", svc, KeywardenInterceptors(l.Metrics, cfg.Logger))
-		l.Metrics.GRPC.InitializeMetrics(l.GRPC)
+		l.GRPC = kmsgrpc.NewServer(svc, kmsgrpc.Options{Name: "lab", Timeout: 10 * time.Second, Metrics: l.Metrics, Logger: cfg.Logger})
 	}
 	return l, nil
 }

@@ -14,28 +14,19 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	kmsapi "k8s.io/kms/apis/v2"
-	"k8s.io/kms/pkg/service"
 
 	"github.com/keywarden/keywarden/keystore/byuri"
 	"github.com/keywarden/keywarden/kms"
+	"github.com/keywarden/keywarden/kms/kmsgrpc"
 	"github.com/keywarden/keywarden/metrics"
 )
 
 // version is stamped at build time: -ldflags "-X main.version=v1.2.3".
 var version = "dev"
-
-// maxMsgSize caps gRPC messages. A KMS v2 DecryptRequest is at most about
-// 34 kB (1 kB ciphertext, 1 kB key_id, 32 kB annotations).
-const maxMsgSize = 256 << 10
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -161,20 +152,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer(
-		grpc.MaxRecvMsgSize(maxMsgSize),
-		grpc.MaxSendMsgSize(maxMsgSize),
-		grpc.ChainUnaryInterceptor(
-			m.GRPC.UnaryServerInterceptor(),
-			logRPC(log),
-			recovery.UnaryServerInterceptor(recovery.WithRecoveryHandler(func(p any) error {
-				log.Error("panic in RPC handler", "panic", fmt.Sprint(p))
-				return status.Error(codes.Internal, "internal error")
-			})),
-		),
-	)
-	kmsapi.RegisterKeyManagementServiceServer(srv, service.NewGRPCService(sockPath, o.keystoreTimeout, svc))
-	m.GRPC.InitializeMetrics(srv)
+	srv := kmsgrpc.NewServer(svc, kmsgrpc.Options{Name: sockPath, Timeout: o.keystoreTimeout, Metrics: m, Logger: log})
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -223,39 +201,4 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("stopped")
 	return nil
-}
-
-// logRPC logs every RPC with the apiserver's request uid. Successes log at
-// debug (the cold-start storm would flood info), failures at warn, bugs at
-// error. Neither plaintext nor key bytes are ever in req's logged fields.
-func logRPC(log *slog.Logger) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		start := time.Now()
-		resp, err := handler(ctx, req)
-		level := slog.LevelDebug
-		code := status.Code(err)
-		switch {
-		case code == codes.Internal || code == codes.Unknown:
-			level = slog.LevelError
-		case err != nil:
-			level = slog.LevelWarn
-		}
-		if !log.Enabled(ctx, level) {
-			return resp, err
-		}
-		method := info.FullMethod[strings.LastIndexByte(info.FullMethod, '/')+1:]
-		attrs := []slog.Attr{
-			slog.String("method", method),
-			slog.String("code", code.String()),
-			slog.Duration("duration", time.Since(start)),
-		}
-		if u, ok := req.(interface{ GetUid() string }); ok && u.GetUid() != "" {
-			attrs = append(attrs, slog.String("uid", u.GetUid()))
-		}
-		if err != nil {
-			attrs = append(attrs, slog.String("error", status.Convert(err).Message()))
-		}
-		log.LogAttrs(ctx, level, "kms rpc", attrs...)
-		return resp, err
-	}
 }
