@@ -24,8 +24,11 @@ COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 ARG VERSION=dev
+# Build tags, e.g. TAGS=noaws,nogcp,noazure,novault for an image with the
+# file and PKCS#11 keystores only (docs/install.md, "Build variants").
+ARG TAGS=
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
-    go build -ldflags "-s -w -X main.version=${VERSION}" -o /out/ ./cmd/keywarden ./cmd/kmsctl \
+    go build -tags "${TAGS}" -ldflags "-s -w -X main.version=${VERSION}" -o /out/ ./cmd/keywarden ./cmd/kmsctl \
  && test "$(/out/keywarden --version)" = "keywarden ${VERSION}" \
  && test "$(/out/kmsctl --version)" = "kmsctl version ${VERSION}"
 

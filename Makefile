@@ -14,14 +14,25 @@ DEV             := .dev
 GOLANGCI_LINT_VERSION := v2.15.0
 GOVULNCHECK_VERSION   := v1.9.0
 TOOLS           := $(BIN)/tools
+# Build tags: leave keystore backends out of the binaries, e.g.
+# `make build TAGS=noaws,nogcp,noazure` (docs/install.md, "Build variants").
+TAGS            ?=
+LEAN_TAGS       := noaws,nogcp,noazure,novault
 
-.PHONY: all build build-nopkcs11 run test unit fuzz lint fmt vet golangci-lint vulncheck \
+.PHONY: all build build-nopkcs11 build-lean run test unit fuzz lint fmt vet golangci-lint vulncheck \
         bench bench-socket bench-keystores bench-quick bench-apiserver e2e-tools vault-tools e2e image clean kind-up kind-e2e kind-down
 
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+	$(GO) build -tags '$(TAGS)' -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+# keywarden with the file and PKCS#11 keystores only (no cloud SDKs): the
+# smallest binary and idle footprint (docs/benchmarks.md, Memory). Its
+# byuri tests run too, so the tags keep compiling and say what they left out.
+build-lean:
+	$(GO) build -tags $(LEAN_TAGS) -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/lean/ ./cmd/...
+	$(GO) test -count=1 -tags $(LEAN_TAGS) ./keystore/byuri/
 
 # A static binary without PKCS#11 (no cgo).
 build-nopkcs11:
@@ -38,7 +49,7 @@ run: build
 	  --metrics-addr 127.0.0.1:8095 --log-format text
 
 # Everything CI runs.
-test: lint unit fuzz build-nopkcs11 e2e
+test: lint unit fuzz build-nopkcs11 build-lean e2e
 
 unit:
 	$(GO) test -race -count=1 ./...
@@ -56,6 +67,7 @@ fmt:
 vet:
 	$(GO) vet ./...
 	CGO_ENABLED=0 $(GO) vet -tags nopkcs11 ./...
+	CGO_ENABLED=0 $(GO) vet -tags nopkcs11,$(LEAN_TAGS) ./...
 
 $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION):
 	@mkdir -p $(TOOLS)
