@@ -100,10 +100,13 @@ type Service struct {
 type kek struct {
 	aead       cipher.AEAD
 	annotation []byte // the wrapped form, as sent in the annotation
-	rootKeyID  string
-	aad        []byte // envelope.AAD(rootKeyID, annotation), fixed per KEK
-	created    time.Time
-	uses       atomic.Uint64
+	// annotations is what Encrypt returns: built once per KEK and shared
+	// by every response, read-only (the gRPC layer only marshals it).
+	annotations map[string][]byte
+	rootKeyID   string
+	aad         []byte // envelope.AAD(rootKeyID, annotation), fixed per KEK
+	created     time.Time
+	uses        atomic.Uint64
 }
 
 // refusal is a keystore's lasting "no" to one wrapped KEK.
@@ -202,7 +205,9 @@ func (s *Service) Status(context.Context) (*service.StatusResponse, error) {
 	return resp, nil
 }
 
-// Encrypt implements service.Service.
+// Encrypt implements service.Service. The response's Annotations map (and
+// its value) is shared by every response under the same local KEK: callers
+// read it, never modify it.
 func (s *Service) Encrypt(ctx context.Context, _ string, pt []byte) (*service.EncryptResponse, error) {
 	if len(pt) == 0 || len(pt) > envelope.MaxPlaintext {
 		return nil, toStatus(fmt.Errorf("%w: plaintext is %d bytes, want 1..%d", errInvalidRequest, len(pt), envelope.MaxPlaintext))
@@ -222,7 +227,7 @@ func (s *Service) Encrypt(ctx context.Context, _ string, pt []byte) (*service.En
 	return &service.EncryptResponse{
 		Ciphertext:  ct,
 		KeyID:       k.rootKeyID,
-		Annotations: map[string][]byte{envelope.AnnotationKey: k.annotation},
+		Annotations: k.annotations,
 	}, nil
 }
 
@@ -273,6 +278,15 @@ func kekAnnotation(anns map[string][]byte) ([]byte, error) {
 // kekFor returns the unwrapped local KEK for an annotation: from the cache,
 // or through one keystore call shared by every concurrent caller.
 func (s *Service) kekFor(ctx context.Context, ann []byte, keyID string) (*kek, error) {
+	// Most Decrypts are of recent writes: try the current KEK first, with
+	// neither the cache's lock nor a string copy of the annotation.
+	if k := s.cur.Load(); k != nil && bytes.Equal(k.annotation, ann) {
+		if k.rootKeyID != keyID {
+			return nil, fmt.Errorf("%w: key_id does not match the wrapped KEK", errInvalidRequest)
+		}
+		s.cfg.Metrics.CacheHit()
+		return k, nil
+	}
 	if k, ok := s.cache.Get(string(ann)); ok {
 		if k.rootKeyID != keyID {
 			return nil, fmt.Errorf("%w: key_id does not match the wrapped KEK", errInvalidRequest)
@@ -354,7 +368,10 @@ func newKEK(key, ann []byte, rootID string, created time.Time) (*kek, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: keystore returned a local KEK of %d bytes", keystore.ErrInvalid, len(key))
 	}
-	return &kek{aead: a, annotation: ann, rootKeyID: rootID, aad: envelope.AAD(rootID, ann), created: created}, nil
+	return &kek{
+		aead: a, annotation: ann, annotations: map[string][]byte{envelope.AnnotationKey: ann},
+		rootKeyID: rootID, aad: envelope.AAD(rootID, ann), created: created,
+	}, nil
 }
 
 // due says why k must be replaced, or "".
