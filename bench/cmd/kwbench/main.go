@@ -471,6 +471,31 @@ func sweep(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error
 			}
 		}
 	}
+	// What the warm path cost each keystore: kwlab's spy counts every call
+	// since the server started (its first local KEK, the Status checks).
+	if len(e.stores) > 0 {
+		tab := bench.Table{Title: "Keystore calls during the sweep (since server start)",
+			Header: []string{"target", "measured calls", "keystore wraps", "keystore unwraps", "keystore key_id reads"}}
+		for i, s := range servers {
+			if s.kind != "lab" {
+				continue
+			}
+			n, err := bench.FetchSpy(ctx, procs[i].HTTP)
+			if err != nil {
+				return fmt.Errorf("%s: %w", s.name, err)
+			}
+			var calls int
+			for _, c := range res.Cells {
+				if c.Target == s.name {
+					for _, x := range c.Rounds {
+						calls += x.Ops
+					}
+				}
+			}
+			tab.Rows = append(tab.Rows, []string{s.name, strconv.Itoa(calls), strconv.FormatInt(n.Wraps, 10), strconv.FormatInt(n.Unwraps, 10), strconv.FormatInt(n.KeyIDs, 10)})
+		}
+		r.Tables = append(r.Tables, tab)
+	}
 	for _, k := range e.stores {
 		if err := r.Compare(kwStorePfx+k.Name, kwFileName); err != nil {
 			return err
