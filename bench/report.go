@@ -43,13 +43,14 @@ type Table struct {
 
 // DefaultMeta describes this machine and checkout: the commit (marked
 // "+uncommitted" if the code that is measured has local changes, wherever in
-// the repository the process runs), Go, CPU model, cores and kernel.
+// the repository the process runs; bench/results, where a run may be writing
+// its own output, does not count), Go, CPU model, cores and kernel.
 func DefaultMeta(start time.Time) Meta {
 	m := Meta{Start: start, GoVersion: runtime.Version(), Cores: runtime.NumCPU()}
 	if b, err := exec.Command("git", "rev-parse", "--short=12", "HEAD").Output(); err == nil {
 		m.Commit = strings.TrimSpace(string(b))
 	}
-	if b, err := exec.Command("git", "status", "--porcelain", "--", ":/kms", ":/keystore", ":/cmd/keywarden", ":/metrics", ":/bench", ":/go.mod").Output(); err == nil && len(b) > 0 {
+	if b, err := exec.Command("git", "status", "--porcelain", "--", ":/kms", ":/keystore", ":/cmd/keywarden", ":/metrics", ":/bench", ":(top,exclude)bench/results", ":/go.mod").Output(); err == nil && len(b) > 0 {
 		m.Commit += "+uncommitted"
 		m.Notes = append(m.Notes, "The measured code had uncommitted changes: "+strings.Join(strings.Fields(string(b)), " "))
 	}
