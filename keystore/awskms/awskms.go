@@ -78,13 +78,12 @@ type config struct {
 	endpoint string // optional KMS endpoint (VPC endpoint, FIPS, or a local emulator)
 	profile  string // optional shared-config profile
 	context  string // keystore name bound into the encryption context
-	timeout  time.Duration
-	keyIDTTL time.Duration
+	remote.Options
 }
 
 func parseURI(s string) (config, error) {
 	bad := func(format string, args ...any) (config, error) {
-		return config{}, fmt.Errorf("%w: aws-kms keystore URI: "+format, append([]any{keystore.ErrConfig}, args...)...)
+		return config{}, remote.URIError(Scheme, format, args...)
 	}
 	rest, ok := strings.CutPrefix(s, Scheme+"://")
 	if !ok {
@@ -95,7 +94,7 @@ func parseURI(s string) (config, error) {
 	if err != nil || a.Service != "kms" || a.Region == "" || a.AccountID == "" {
 		return bad("%q is not a KMS key or alias ARN", ref)
 	}
-	c := config{ref: a, context: DefaultContextName, timeout: remote.DefaultTimeout, keyIDTTL: remote.DefaultKeyIDTTL}
+	c := config{ref: a, context: DefaultContextName, Options: remote.DefaultOptions()}
 	switch {
 	case strings.HasPrefix(a.Resource, "key/") && len(a.Resource) > len("key/"):
 	case strings.HasPrefix(a.Resource, "alias/") && len(a.Resource) > len("alias/"):
@@ -107,46 +106,33 @@ func parseURI(s string) (config, error) {
 	if err != nil {
 		return bad("query: %v", err)
 	}
-	for k, v := range q {
-		if len(v) != 1 {
-			return bad("parameter %q given %d times", k, len(v))
-		}
+	err = c.ParseQuery(Scheme, q, func(k, v string) (bool, error) {
 		switch k {
 		case "endpoint":
-			u, err := url.Parse(v[0])
+			u, err := url.Parse(v)
 			if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-				return bad("endpoint %q: want https://host[:port]", v[0])
+				return true, fmt.Errorf("endpoint %q: want https://host[:port]", v)
 			}
 			// Plain HTTP only to this host: signatures protect integrity, not
 			// the plaintext keys in Encrypt requests.
 			if ip := net.ParseIP(u.Hostname()); u.Scheme == "http" && (ip == nil || !ip.IsLoopback()) {
-				return bad("endpoint %q: http is allowed only for a loopback IP (a local emulator)", v[0])
+				return true, fmt.Errorf("endpoint %q: http is allowed only for a loopback IP (a local emulator)", v)
 			}
-			c.endpoint = v[0]
+			c.endpoint = v
 		case "profile":
-			c.profile = v[0]
+			c.profile = v
 		case "context-name":
-			if v[0] == "" || len(v[0]) > 128 {
-				return bad("context-name must be 1..128 bytes")
+			if v == "" || len(v) > 128 {
+				return true, errors.New("context-name must be 1..128 bytes")
 			}
-			c.context = v[0]
-		case "timeout", "key-id-ttl":
-			d, err := time.ParseDuration(v[0])
-			minimum := time.Duration(0)
-			if k == "timeout" {
-				minimum = 100 * time.Millisecond
-			}
-			if err != nil || d < minimum {
-				return bad("%s=%q: want a duration of at least %s", k, v[0], minimum)
-			}
-			if k == "timeout" {
-				c.timeout = d
-			} else {
-				c.keyIDTTL = d
-			}
+			c.context = v
 		default:
-			return bad("unknown parameter %q", k)
+			return false, nil
 		}
+		return true, nil
+	})
+	if err != nil {
+		return config{}, err
 	}
 	return c, nil
 }
@@ -186,14 +172,7 @@ func open(ctx context.Context, cfg config, awsCfg aws.Config) (*Backend, error) 
 	awsCfg.Region = cfg.ref.Region
 	// We retry by error class in remote.Retry, only idempotent calls.
 	awsCfg.Retryer = func() aws.Retryer { return aws.NopRetryer{} }
-	awsCfg.HTTPClient = &http.Client{Transport: &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSHandshakeTimeout: 5 * time.Second,
-		MaxIdleConnsPerHost: 16,
-		IdleConnTimeout:     90 * time.Second,
-		ForceAttemptHTTP2:   true,
-	}}
+	awsCfg.HTTPClient = &http.Client{Transport: remote.Transport()}
 	client := kms.NewFromConfig(awsCfg, func(o *kms.Options) {
 		if cfg.endpoint != "" {
 			o.BaseEndpoint = aws.String(cfg.endpoint)
@@ -203,7 +182,7 @@ func open(ctx context.Context, cfg config, awsCfg aws.Config) (*Backend, error) 
 }
 
 func newBackend(ctx context.Context, cfg config, c kmsAPI, now func() time.Time) (*Backend, error) {
-	b := &Backend{cfg: cfg, kms: c, retry: remote.DefaultRetry(cfg.timeout), cur: remote.NewCache[string](cfg.keyIDTTL, now)}
+	b := &Backend{cfg: cfg, kms: c, retry: remote.DefaultRetry(cfg.Timeout), cur: remote.NewCache[string](cfg.KeyIDTTL, now)}
 	if _, err := b.cur.Refresh(ctx, b.describe); err != nil && !remote.Retryable(err) {
 		return nil, err
 	}
@@ -232,12 +211,9 @@ func (b *Backend) Wrap(ctx context.Context, pt, aad []byte) (keystore.Wrapped, e
 	if err := ctx.Err(); err != nil {
 		return keystore.Wrapped{}, err
 	}
-	kid, ok := b.cur.Peek()
-	if !ok {
-		var err error
-		if kid, err = b.cur.Refresh(ctx, b.describe); err != nil {
-			return keystore.Wrapped{}, err
-		}
+	kid, err := b.cur.Last(ctx, b.describe)
+	if err != nil {
+		return keystore.Wrapped{}, err
 	}
 	return b.encrypt(ctx, kid, pt, aad)
 }
@@ -372,13 +348,7 @@ func (b *Backend) describeAndProbe(ctx context.Context) (string, error) {
 // call runs one idempotent KMS call (all of ours are) with a per-attempt
 // timeout and retries by error class.
 func (b *Backend) call(ctx context.Context, op string, f func(ctx context.Context) error) error {
-	err := b.retry.Do(ctx, func(actx context.Context) error {
-		if err := f(actx); err != nil {
-			return classify(err)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := b.retry.Call(ctx, true, classify, f); err != nil {
 		return fmt.Errorf("aws kms %s: %w", op, err)
 	}
 	return nil
@@ -386,9 +356,6 @@ func (b *Backend) call(ctx context.Context, op string, f func(ctx context.Contex
 
 // classify sorts an AWS SDK error into keystore's classes.
 func classify(err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return err
-	}
 	var ae smithy.APIError
 	if errors.As(err, &ae) {
 		var class error
@@ -414,11 +381,7 @@ func classify(err error) error {
 				class = errors.New("unexpected AWS KMS error")
 			}
 		}
-		msg := ae.ErrorMessage()
-		if len(msg) > 200 {
-			msg = msg[:200] + "…"
-		}
-		return fmt.Errorf("%w: %s: %s", class, ae.ErrorCode(), msg)
+		return remote.Classed(class, ae.ErrorCode(), ae.ErrorMessage())
 	}
 	var ip *smithy.InvalidParamsError
 	if errors.As(err, &ip) {
@@ -438,13 +401,5 @@ func statusClass(err error) error {
 	if !errors.As(err, &re) {
 		return nil
 	}
-	switch s := re.HTTPStatusCode(); {
-	case s == http.StatusTooManyRequests:
-		return keystore.ErrThrottled
-	case s == http.StatusUnauthorized || s == http.StatusForbidden:
-		return keystore.ErrPermission
-	case s >= 500:
-		return keystore.ErrUnavailable
-	}
-	return nil
+	return remote.StatusClass(re.HTTPStatusCode())
 }

@@ -54,7 +54,7 @@ func TestParseURI(t *testing.T) {
 		check   func(t *testing.T, c config)
 	}{
 		{name: "alias", uri: "aws-kms://arn:aws:kms:eu-west-1:111122223333:alias/keywarden", check: func(t *testing.T, c config) {
-			if !c.isAlias || c.ref.Region != "eu-west-1" || c.context != DefaultContextName || c.timeout != 5*time.Second {
+			if !c.isAlias || c.ref.Region != "eu-west-1" || c.context != DefaultContextName || c.Timeout != 5*time.Second {
 				t.Fatalf("got %+v", c)
 			}
 		}},
@@ -64,7 +64,7 @@ func TestParseURI(t *testing.T) {
 			}
 		}},
 		{name: "options", uri: "aws-kms://arn:aws:kms:eu-west-1:111122223333:alias/kw?endpoint=https://vpce-1.kms.eu-west-1.vpce.amazonaws.com&profile=kms&context-name=prod-a&timeout=2s&key-id-ttl=30s", check: func(t *testing.T, c config) {
-			if c.endpoint == "" || c.profile != "kms" || c.context != "prod-a" || c.timeout != 2*time.Second || c.keyIDTTL != 30*time.Second {
+			if c.endpoint == "" || c.profile != "kms" || c.context != "prod-a" || c.Timeout != 2*time.Second || c.KeyIDTTL != 30*time.Second {
 				t.Fatalf("got %+v", c)
 			}
 		}},

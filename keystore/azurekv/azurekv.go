@@ -90,16 +90,15 @@ type keysAPI interface {
 
 // config is the typed form of an azure-kv:// URI.
 type config struct {
-	vault    string // https://myvault.vault.azure.net
-	name     string
-	version  string // pinned version, or ""
-	timeout  time.Duration
-	keyIDTTL time.Duration
+	vault   string // https://myvault.vault.azure.net
+	name    string
+	version string // pinned version, or ""
+	remote.Options
 }
 
 func parseURI(s string) (config, error) {
 	bad := func(format string, args ...any) (config, error) {
-		return config{}, fmt.Errorf("%w: azure-kv keystore URI: "+format, append([]any{keystore.ErrConfig}, args...)...)
+		return config{}, remote.URIError(Scheme, format, args...)
 	}
 	u, err := url.Parse(s)
 	if err != nil || u.Scheme != Scheme || u.Host == "" || u.User != nil || u.Fragment != "" {
@@ -109,35 +108,15 @@ func parseURI(s string) (config, error) {
 	if (len(parts) != 2 && len(parts) != 3) || parts[0] != "keys" || !nameRE.MatchString(parts[1]) {
 		return bad("path %q: want /keys/<name>[/<version>]", u.Path)
 	}
-	c := config{vault: "https://" + strings.ToLower(u.Host), name: parts[1], timeout: remote.DefaultTimeout, keyIDTTL: remote.DefaultKeyIDTTL}
+	c := config{vault: "https://" + strings.ToLower(u.Host), name: parts[1], Options: remote.DefaultOptions()}
 	if len(parts) == 3 {
 		if !versionRE.MatchString(parts[2]) {
 			return bad("version %q", parts[2])
 		}
 		c.version = parts[2]
 	}
-	for k, v := range u.Query() {
-		if len(v) != 1 {
-			return bad("parameter %q given %d times", k, len(v))
-		}
-		switch k {
-		case "timeout", "key-id-ttl":
-			d, err := time.ParseDuration(v[0])
-			minimum := time.Duration(0)
-			if k == "timeout" {
-				minimum = 100 * time.Millisecond
-			}
-			if err != nil || d < minimum {
-				return bad("%s=%q: want a duration of at least %s", k, v[0], minimum)
-			}
-			if k == "timeout" {
-				c.timeout = d
-			} else {
-				c.keyIDTTL = d
-			}
-		default:
-			return bad("unknown parameter %q", k)
-		}
+	if err := c.ParseQuery(Scheme, u.Query(), nil); err != nil {
+		return config{}, err
 	}
 	return c, nil
 }
@@ -194,7 +173,7 @@ func open(ctx context.Context, cfg config, cred azcore.TokenCredential, transpor
 }
 
 func newBackend(ctx context.Context, cfg config, c keysAPI, now func() time.Time) (*Backend, error) {
-	b := &Backend{cfg: cfg, kv: c, retry: remote.DefaultRetry(cfg.timeout), cur: remote.NewCache[current](cfg.keyIDTTL, now)}
+	b := &Backend{cfg: cfg, kv: c, retry: remote.DefaultRetry(cfg.Timeout), cur: remote.NewCache[current](cfg.KeyIDTTL, now)}
 	if _, err := b.cur.Refresh(ctx, b.resolve); err != nil && !remote.Retryable(err) {
 		return nil, err
 	}
@@ -226,12 +205,9 @@ func (b *Backend) Wrap(ctx context.Context, pt, aad []byte) (keystore.Wrapped, e
 	if err := ctx.Err(); err != nil {
 		return keystore.Wrapped{}, err
 	}
-	c, ok := b.cur.Peek()
-	if !ok {
-		var err error
-		if c, err = b.cur.Refresh(ctx, b.resolve); err != nil {
-			return keystore.Wrapped{}, err
-		}
+	c, err := b.cur.Last(ctx, b.resolve)
+	if err != nil {
+		return keystore.Wrapped{}, err
 	}
 	return b.wrap(ctx, c, pt, aad)
 }
@@ -526,17 +502,7 @@ func (b *Backend) resolveAndProbe(ctx context.Context) (current, error) {
 // call runs one Key Vault call with a per-attempt timeout and, when
 // idempotent, retries by error class.
 func (b *Backend) call(ctx context.Context, idempotent bool, op string, f func(ctx context.Context) error) error {
-	run := b.retry.Once
-	if idempotent {
-		run = b.retry.Do
-	}
-	err := run(ctx, func(actx context.Context) error {
-		if err := f(actx); err != nil {
-			return classify(err)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := b.retry.Call(ctx, idempotent, classify, f); err != nil {
 		return fmt.Errorf("key vault %s %s: %w", op, b.cfg.name, err)
 	}
 	return nil
@@ -572,9 +538,6 @@ func errorDetail(re *azcore.ResponseError) (inner, msg string) {
 
 // classify sorts an Azure SDK error into keystore's classes.
 func classify(err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return err
-	}
 	var re *azcore.ResponseError
 	if errors.As(err, &re) {
 		var class error
@@ -588,16 +551,14 @@ func classify(err error) error {
 			// For unwrapKey: a wrapped data key Key Vault cannot unwrap,
 			// tampered or made by another key or version.
 			class = keystore.ErrInvalid
-		case s == http.StatusUnauthorized || s == http.StatusForbidden:
-			class = keystore.ErrPermission
 		case s == http.StatusNotFound:
 			class = keystore.ErrKeyNotFound
-		case s == http.StatusTooManyRequests:
-			class = keystore.ErrThrottled
-		case s == http.StatusRequestTimeout || s >= 500:
+		case s == http.StatusRequestTimeout:
 			class = keystore.ErrUnavailable
 		default:
-			class = fmt.Errorf("unexpected HTTP %d", s)
+			if class = remote.StatusClass(s); class == nil {
+				class = fmt.Errorf("unexpected HTTP %d", s)
+			}
 		}
 		if inner != "" {
 			code += "/" + inner

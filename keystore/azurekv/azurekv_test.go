@@ -100,7 +100,7 @@ func TestParseURI(t *testing.T) {
 			}
 		}},
 		{name: "pinned", uri: "azure-kv://hsm.managedhsm.azure.net/keys/kw/0123456789abcdef0123456789abcdef?timeout=2s", check: func(t *testing.T, c config) {
-			if c.version != "0123456789abcdef0123456789abcdef" || c.timeout != 2*time.Second {
+			if c.version != "0123456789abcdef0123456789abcdef" || c.Timeout != 2*time.Second {
 				t.Fatalf("got %+v", c)
 			}
 		}},

@@ -80,13 +80,12 @@ type kmsAPI interface {
 type config struct {
 	key      string // projects/…/cryptoKeys/<k>
 	endpoint string // optional, e.g. a Private Service Connect endpoint
-	timeout  time.Duration
-	keyIDTTL time.Duration
+	remote.Options
 }
 
 func parseURI(s string) (config, error) {
 	bad := func(format string, args ...any) (config, error) {
-		return config{}, fmt.Errorf("%w: gcp-kms keystore URI: "+format, append([]any{keystore.ErrConfig}, args...)...)
+		return config{}, remote.URIError(Scheme, format, args...)
 	}
 	rest, ok := strings.CutPrefix(s, Scheme+"://")
 	if !ok {
@@ -96,32 +95,21 @@ func parseURI(s string) (config, error) {
 	if !keyNameRE.MatchString(key) {
 		return bad("%q is not a CryptoKey name (projects/<p>/locations/<l>/keyRings/<r>/cryptoKeys/<k>; no version)", key)
 	}
-	c := config{key: key, timeout: remote.DefaultTimeout, keyIDTTL: remote.DefaultKeyIDTTL}
+	c := config{key: key, Options: remote.DefaultOptions()}
 	if query == "" {
 		return c, nil
 	}
 	for _, kv := range strings.Split(query, "&") {
 		k, v, _ := strings.Cut(kv, "=")
-		switch k {
-		case "endpoint":
+		switch known, err := c.Set(k, v); {
+		case err != nil:
+			return bad("%v", err)
+		case known:
+		case k == "endpoint":
 			if v == "" || strings.Contains(v, "/") {
 				return bad("endpoint=%q: want host:port", v)
 			}
 			c.endpoint = v
-		case "timeout", "key-id-ttl":
-			d, err := time.ParseDuration(v)
-			minimum := time.Duration(0)
-			if k == "timeout" {
-				minimum = 100 * time.Millisecond
-			}
-			if err != nil || d < minimum {
-				return bad("%s=%q: want a duration of at least %s", k, v, minimum)
-			}
-			if k == "timeout" {
-				c.timeout = d
-			} else {
-				c.keyIDTTL = d
-			}
 		default:
 			return bad("unknown parameter %q", k)
 		}
@@ -176,7 +164,7 @@ func open(ctx context.Context, cfg config, opts ...option.ClientOption) (*Backen
 }
 
 func newBackend(ctx context.Context, cfg config, c kmsAPI, now func() time.Time) (*Backend, error) {
-	b := &Backend{cfg: cfg, kms: c, retry: remote.DefaultRetry(cfg.timeout), primary: remote.NewCache[string](cfg.keyIDTTL, now)}
+	b := &Backend{cfg: cfg, kms: c, retry: remote.DefaultRetry(cfg.Timeout), primary: remote.NewCache[string](cfg.KeyIDTTL, now)}
 	if _, err := b.primary.Refresh(ctx, b.getPrimary); err != nil && !remote.Retryable(err) {
 		return nil, err
 	}
@@ -205,12 +193,9 @@ func (b *Backend) Wrap(ctx context.Context, pt, aad []byte) (keystore.Wrapped, e
 	if err := ctx.Err(); err != nil {
 		return keystore.Wrapped{}, err
 	}
-	kid, ok := b.primary.Peek()
-	if !ok {
-		var err error
-		if kid, err = b.primary.Refresh(ctx, b.getPrimary); err != nil {
-			return keystore.Wrapped{}, err
-		}
+	kid, err := b.primary.Last(ctx, b.getPrimary)
+	if err != nil {
+		return keystore.Wrapped{}, err
 	}
 	return b.encrypt(ctx, kid, pt, aad)
 }
@@ -348,32 +333,16 @@ func (b *Backend) getPrimaryAndProbe(ctx context.Context) (string, error) {
 // call runs one Cloud KMS call with a per-attempt timeout and, when
 // idempotent, retries by error class.
 func (b *Backend) call(ctx context.Context, idempotent bool, op string, f func(ctx context.Context) error) error {
-	run := b.retry.Once
-	if idempotent {
-		run = b.retry.Do
-	}
-	err := run(ctx, func(actx context.Context) error {
-		if err := f(actx); err != nil {
-			return classify(err)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := b.retry.Call(ctx, idempotent, classify, f); err != nil {
 		return fmt.Errorf("cloud kms %s: %w", op, err)
 	}
 	return nil
 }
 
-// classify sorts a Cloud KMS (gRPC) error into keystore's classes.
+// classify sorts a Cloud KMS (gRPC) error into keystore's classes. Errors
+// of our own (the CRC32C checks) keep their class: remote.Retry.Call does
+// not pass them here.
 func classify(err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return err
-	}
-	for _, s := range []error{keystore.ErrUnavailable, keystore.ErrInvalid} {
-		if errors.Is(err, s) {
-			return err // ours, from the CRC32C checks
-		}
-	}
 	st, ok := status.FromError(err)
 	if !ok {
 		return fmt.Errorf("%w: %v", keystore.ErrUnavailable, err)
@@ -397,9 +366,5 @@ func classify(err error) error {
 	default:
 		class = fmt.Errorf("unexpected gRPC code %s", st.Code())
 	}
-	msg := st.Message()
-	if len(msg) > 200 {
-		msg = msg[:200] + "…"
-	}
-	return fmt.Errorf("%w: %s: %s", class, st.Code(), msg)
+	return remote.Classed(class, st.Code().String(), st.Message())
 }

@@ -8,7 +8,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -116,15 +115,9 @@ func Open(ctx context.Context, uri string) (*Backend, error) {
 
 func newAPIClient(cfg config) (apiClient, error) {
 	mk := func() (*api.Client, error) {
-		tr := &http.Transport{
-			Proxy:               http.ProxyFromEnvironment,
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			TLSClientConfig:     cfg.tls.Clone(),
-			TLSHandshakeTimeout: 5 * time.Second,
-			MaxIdleConnsPerHost: 16,
-			IdleConnTimeout:     90 * time.Second,
-			ForceAttemptHTTP2:   cfg.tls != nil,
-		}
+		tr := remote.Transport()
+		tr.TLSClientConfig = cfg.tls.Clone()
+		tr.ForceAttemptHTTP2 = cfg.tls != nil
 		c, err := api.NewClient(&api.Config{
 			Address:    cfg.addr,
 			HttpClient: &http.Client{Transport: tr},
@@ -160,8 +153,8 @@ func newBackend(cfg config, c vaultAPI, now func() time.Time) *Backend {
 	b := &Backend{
 		cfg:    cfg,
 		api:    c,
-		retry:  remote.DefaultRetry(cfg.timeout),
-		meta:   remote.NewCache[*keyMeta](cfg.keyIDTTL, now),
+		retry:  remote.DefaultRetry(cfg.Timeout),
+		meta:   remote.NewCache[*keyMeta](cfg.KeyIDTTL, now),
 		prefix: cfg.mount + "/keys/" + cfg.name + ":",
 		seen:   map[int]int64{},
 	}
@@ -412,10 +405,6 @@ func parseMeta(d map[string]any) (*keyMeta, error) {
 // idempotent, retries by error class. A refused token is replaced (token file
 // re-read, or a new login) and the call tried once more.
 func (b *Backend) call(ctx context.Context, idempotent bool, op string, f func(ctx context.Context) error) error {
-	run := b.retry.Once
-	if idempotent {
-		run = b.retry.Do
-	}
 	attempt := func(actx context.Context) error {
 		if err := b.tok.ensure(actx); err != nil {
 			return err
@@ -425,9 +414,9 @@ func (b *Backend) call(ctx context.Context, idempotent bool, op string, f func(c
 		}
 		return nil
 	}
-	err := run(ctx, attempt)
+	err := b.retry.Run(ctx, idempotent, attempt)
 	if errors.Is(err, keystore.ErrPermission) && ctx.Err() == nil && b.tok.denied(ctx) {
-		err = run(ctx, attempt)
+		err = b.retry.Run(ctx, idempotent, attempt)
 	}
 	if err != nil {
 		return fmt.Errorf("vault %s %s/%s: %w", op, b.cfg.mount, b.cfg.name, err)
@@ -442,13 +431,10 @@ func classify(op string, err error) error {
 	}
 	var re *api.ResponseError
 	if errors.As(err, &re) {
-		msg := strings.Join(re.Errors, "; ")
-		if len(msg) > 200 {
-			msg = msg[:200] + "…"
-		}
+		msg := remote.Detail(strings.Join(re.Errors, "; "))
 		var class error
-		switch c := re.StatusCode; {
-		case c == http.StatusBadRequest:
+		switch c := re.StatusCode; c {
+		case http.StatusBadRequest:
 			switch {
 			case op == "login":
 				class = keystore.ErrPermission // approle: "invalid role or secret ID"
@@ -459,18 +445,16 @@ func classify(op string, err error) error {
 			default:
 				class = keystore.ErrInvalid
 			}
-		case c == http.StatusUnauthorized, c == http.StatusForbidden:
-			class = keystore.ErrPermission
-		case c == http.StatusNotFound:
+		case http.StatusNotFound:
 			class = keystore.ErrKeyNotFound
-		case c == http.StatusTooManyRequests:
-			class = keystore.ErrThrottled
-		case c == http.StatusPreconditionFailed, c >= 500:
-			// 412: a performance standby has not caught up; 503: sealed
-			// or in standby; 5xx: Vault failed this time.
+		case http.StatusPreconditionFailed:
+			// A performance standby has not caught up. (5xx, with 503 for
+			// sealed or in standby, are ErrUnavailable too.)
 			class = keystore.ErrUnavailable
 		default:
-			class = fmt.Errorf("unexpected HTTP %d", c)
+			if class = remote.StatusClass(c); class == nil {
+				class = fmt.Errorf("unexpected HTTP %d", c)
+			}
 		}
 		return fmt.Errorf("%w: HTTP %d: %s", class, re.StatusCode, msg)
 	}

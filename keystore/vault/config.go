@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/keywarden/keywarden/keystore"
 	"github.com/keywarden/keywarden/keystore/internal/remote"
@@ -42,8 +41,7 @@ type config struct {
 	authMount    string // approle or cert mount
 	certRole     string
 
-	timeout  time.Duration
-	keyIDTTL time.Duration
+	remote.Options
 }
 
 // maxSecretFile bounds token, role-id and secret-id files.
@@ -52,12 +50,12 @@ const maxSecretFile = 16 << 10
 var knownParams = map[string]bool{
 	"tls": true, "ca-file": true, "cert-file": true, "key-file": true, "server-name": true,
 	"namespace": true, "auth": true, "token-file": true, "role-id-file": true, "secret-id-file": true,
-	"auth-mount": true, "cert-role": true, "timeout": true, "key-id-ttl": true,
+	"auth-mount": true, "cert-role": true,
 }
 
 func parseURI(s string) (config, error) {
 	bad := func(format string, args ...any) (config, error) {
-		return config{}, fmt.Errorf("%w: vault keystore URI: "+format, append([]any{keystore.ErrConfig}, args...)...)
+		return config{}, remote.URIError("vault", format, args...)
 	}
 	u, err := url.Parse(s)
 	if err != nil || u.Scheme != Scheme {
@@ -77,29 +75,14 @@ func parseURI(s string) (config, error) {
 		return bad("path %q: want /<transit mount>/keys/<key name>", u.Path)
 	}
 	q := u.Query()
-	for k, v := range q {
-		if !knownParams[k] {
-			return bad("unknown parameter %q", k)
-		}
-		if len(v) != 1 {
-			return bad("parameter %q given %d times", k, len(v))
+	c := config{mount: mount, name: name, namespace: q.Get("namespace"), certRole: q.Get("cert-role"), Options: remote.DefaultOptions()}
+	for _, k := range []string{"timeout", "key-id-ttl"} {
+		if v, ok := q[k]; ok && len(v) == 1 && v[0] == "" {
+			delete(q, k) // here, as for every other parameter, empty means unset
 		}
 	}
-	c := config{mount: mount, name: name, namespace: q.Get("namespace"), certRole: q.Get("cert-role"),
-		timeout: remote.DefaultTimeout, keyIDTTL: remote.DefaultKeyIDTTL}
-
-	for _, p := range []struct {
-		name string
-		dst  *time.Duration
-		min  time.Duration
-	}{{"timeout", &c.timeout, 100 * time.Millisecond}, {"key-id-ttl", &c.keyIDTTL, 0}} {
-		if v := q.Get(p.name); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil || d < p.min {
-				return bad("%s=%q: want a duration of at least %s", p.name, v, p.min)
-			}
-			*p.dst = d
-		}
+	if err := c.ParseQuery("vault", q, func(k, _ string) (bool, error) { return knownParams[k], nil }); err != nil {
+		return config{}, err
 	}
 
 	host := u.Hostname()

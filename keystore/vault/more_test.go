@@ -50,7 +50,7 @@ func TestParseURI(t *testing.T) {
 			}
 		}},
 		{name: "durations", uri: "hcvault://v:8200/transit/keys/kw?token-file=" + tok + "&timeout=2s&key-id-ttl=30s", check: func(t *testing.T, c config) {
-			if c.timeout != 2*time.Second || c.keyIDTTL != 30*time.Second {
+			if c.Timeout != 2*time.Second || c.KeyIDTTL != 30*time.Second {
 				t.Fatalf("got %+v", c)
 			}
 		}},

@@ -1,7 +1,8 @@
 // Package remote holds what every network keystore backend (awskms, gcpkms,
-// azurekv, vault) does the same way: per-attempt timeouts, retries with
-// backoff and full jitter for idempotent calls, and a TTL cache for the key
-// metadata that KeyID serves.
+// azurekv, vault) does the same way: the URI options they share, per-attempt
+// timeouts, retries with backoff and full jitter for idempotent calls, the
+// error classes every keystore means the same way, and a TTL cache for the
+// key metadata that KeyID serves.
 package remote
 
 import (
@@ -169,6 +170,16 @@ func (c *Cache[T]) Peek() (T, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.val, c.ok
+}
+
+// Last returns the cached value whatever its age, fetching one only when
+// there is none yet: Wrap uses the key KeyID last reported, and does not wait
+// for a refresh.
+func (c *Cache[T]) Last(ctx context.Context, fetch func(ctx context.Context) (T, error)) (T, error) {
+	if v, ok := c.Peek(); ok {
+		return v, nil
+	}
+	return c.Refresh(ctx, fetch)
 }
 
 // Set stores v as fresh.

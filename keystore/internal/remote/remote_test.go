@@ -119,3 +119,19 @@ func TestCache(t *testing.T) {
 		t.Fatalf("Peek after a failed fetch = %d, %v; want the last good value", v, ok)
 	}
 }
+
+func TestCacheLast(t *testing.T) {
+	now := time.Unix(0, 0)
+	c := NewCache[int](time.Second, func() time.Time { return now })
+	fetches := 0
+	fetch := func(context.Context) (int, error) { fetches++; return fetches, nil }
+	for range 2 {
+		if v, err := c.Last(context.Background(), fetch); v != 1 || err != nil {
+			t.Fatalf("Last = %d, %v; want 1 (one fetch)", v, err)
+		}
+	}
+	now = now.Add(time.Hour) // stale: Last still does not fetch
+	if v, _ := c.Last(context.Background(), fetch); v != 1 || fetches != 1 {
+		t.Fatalf("Last on a stale value = %d after %d fetches; want 1 after 1", v, fetches)
+	}
+}
