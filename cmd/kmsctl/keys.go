@@ -28,119 +28,94 @@ func newKeysCmd(g *globals) *cobra.Command {
 	cmd.PersistentFlags().StringVar(&uri, "keystore", "", "keystore URI: "+byuri.URIForms)
 	_ = cmd.MarkPersistentFlagRequired("keystore")
 
-	manager := func(cmd *cobra.Command) (keystore.Manager, func(), error) {
+	// managed runs op on the keystore as a Manager, and closes it after.
+	managed := func(cmd *cobra.Command, op func(m keystore.Manager) ([]keystore.KeyVersion, error)) ([]keystore.KeyVersion, error) {
 		b, err := byuri.Open(cmd.Context(), uri)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
+		defer func() { _ = b.Close() }()
 		m, ok := b.(keystore.Manager)
 		if !ok {
-			_ = b.Close()
-			return nil, nil, fmt.Errorf("keystore %s manages its key versions in the provider's own console or API", b.Name())
+			return nil, fmt.Errorf("keystore %s manages its key versions in the provider's own console or API", b.Name())
 		}
-		return m, func() { _ = b.Close() }, nil
+		return op(m)
 	}
-	printVersions := func(vs []keystore.KeyVersion) error {
-		return g.print(vs, func(w *tabwriter.Writer) {
-			fmt.Fprintln(w, "KEY ID\tSTATE\tPRIMARY")
-			for _, v := range vs {
-				p := ""
-				if v.Primary {
-					p = "*"
+	one := func(v keystore.KeyVersion, err error) ([]keystore.KeyVersion, error) {
+		if err != nil {
+			return nil, err
+		}
+		return []keystore.KeyVersion{v}, nil
+	}
+	// versionsCmd builds every keys subcommand: run it, print the versions
+	// it returns.
+	versionsCmd := func(use, short, long, example string, args cobra.PositionalArgs, run func(cmd *cobra.Command, args []string) ([]keystore.KeyVersion, error)) *cobra.Command {
+		return &cobra.Command{
+			Use:     use,
+			Short:   short,
+			Long:    long,
+			Example: example,
+			Args:    args,
+			RunE: func(cmd *cobra.Command, args []string) error {
+				vs, err := run(cmd, args)
+				if err != nil {
+					return err
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\n", v.KeyID, v.State, p)
-			}
-		})
+				return g.print(vs, func(w *tabwriter.Writer) {
+					fmt.Fprintln(w, "KEY ID\tSTATE\tPRIMARY")
+					for _, v := range vs {
+						p := ""
+						if v.Primary {
+							p = "*"
+						}
+						fmt.Fprintf(w, "%s\t%s\t%s\n", v.KeyID, v.State, p)
+					}
+				})
+			},
+		}
 	}
 
-	initCmd := &cobra.Command{
-		Use:     "init",
-		Short:   "Create a keystore with one primary root key version",
-		Example: "  kmsctl keys init --keystore file:///etc/keywarden/keyset.json",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			v, err := byuri.Init(cmd.Context(), uri)
-			if err != nil {
-				return err
-			}
-			return printVersions([]keystore.KeyVersion{v})
-		},
-	}
-	list := &cobra.Command{
-		Use:     "list",
-		Short:   "List root key versions",
-		Example: "  kmsctl keys list --keystore file:///etc/keywarden/keyset.json -o json",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			m, done, err := manager(cmd)
-			if err != nil {
-				return err
-			}
-			defer done()
-			vs, err := m.List(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return printVersions(vs)
-		},
-	}
-	add := &cobra.Command{
-		Use:     "add",
-		Short:   "Add a new root key version (enabled, not primary)",
-		Example: "  kmsctl keys add --keystore file:///etc/keywarden/keyset.json",
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			m, done, err := manager(cmd)
-			if err != nil {
-				return err
-			}
-			defer done()
-			v, err := m.Add(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return printVersions([]keystore.KeyVersion{v})
-		},
-	}
+	initCmd := versionsCmd("init", "Create a keystore with one primary root key version", "",
+		"  kmsctl keys init --keystore file:///etc/keywarden/keyset.json", cobra.NoArgs,
+		func(cmd *cobra.Command, _ []string) ([]keystore.KeyVersion, error) {
+			return one(byuri.Init(cmd.Context(), uri))
+		})
+	list := versionsCmd("list", "List root key versions", "",
+		"  kmsctl keys list --keystore file:///etc/keywarden/keyset.json -o json", cobra.NoArgs,
+		func(cmd *cobra.Command, _ []string) ([]keystore.KeyVersion, error) {
+			return managed(cmd, func(m keystore.Manager) ([]keystore.KeyVersion, error) { return m.List(cmd.Context()) })
+		})
+	add := versionsCmd("add", "Add a new root key version (enabled, not primary)", "",
+		"  kmsctl keys add --keystore file:///etc/keywarden/keyset.json", cobra.NoArgs,
+		func(cmd *cobra.Command, _ []string) ([]keystore.KeyVersion, error) {
+			return managed(cmd, func(m keystore.Manager) ([]keystore.KeyVersion, error) { return one(m.Add(cmd.Context())) })
+		})
 	// action builds promote, disable, enable and destroy: look up the
 	// version, let guard check and describe the change (and confirm it),
 	// apply it, print the versions after.
 	type guardFn func(cmd *cobra.Command, m keystore.Manager, vs []keystore.KeyVersion, v keystore.KeyVersion) error
 	action := func(use, short, long, example string, apply func(keystore.Manager) func(context.Context, string) error, guard guardFn) *cobra.Command {
-		return &cobra.Command{
-			Use:     use + " KEY_ID",
-			Short:   short,
-			Long:    long,
-			Example: example,
-			Args:    cobra.ExactArgs(1),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				m, done, err := manager(cmd)
-				if err != nil {
-					return err
-				}
-				defer done()
+		return versionsCmd(use+" KEY_ID", short, long, example, cobra.ExactArgs(1), func(cmd *cobra.Command, args []string) ([]keystore.KeyVersion, error) {
+			return managed(cmd, func(m keystore.Manager) ([]keystore.KeyVersion, error) {
 				vs, err := m.List(cmd.Context())
 				if err != nil {
-					return err
+					return nil, err
 				}
 				i := slices.IndexFunc(vs, func(v keystore.KeyVersion) bool { return v.KeyID == args[0] })
 				if i < 0 {
-					return fmt.Errorf("%w: %s is not in keystore %s", keystore.ErrKeyNotFound, args[0], uri)
+					return nil, fmt.Errorf("%w: %s is not in keystore %s", keystore.ErrKeyNotFound, args[0], uri)
 				}
 				if guard != nil {
 					if err := guard(cmd, m, vs, vs[i]); err != nil {
-						return err
+						return nil, err
 					}
 				}
 				if err := apply(m)(cmd.Context(), args[0]); err != nil {
-					return err
+					return nil, err
 				}
-				if vs, err = m.List(cmd.Context()); err != nil {
-					return err
-				}
-				return printVersions(vs)
-			},
-		}
+				return m.List(cmd.Context())
+			})
+		})
 	}
 	var yes, force bool
 	var auditReport string
