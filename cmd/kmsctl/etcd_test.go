@@ -3,87 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
+	"github.com/keywarden/keywarden/internal/etcdtest"
 )
-
-// startEtcd runs the e2e suite's etcd ($KEYWARDEN_E2E_TOOLS_DIR or
-// test/e2e/tools/bin), or skips, and returns its client URL.
-func startEtcd(t *testing.T) (string, *clientv3.Client) {
-	t.Helper()
-	dir := os.Getenv("KEYWARDEN_E2E_TOOLS_DIR")
-	if dir == "" {
-		dir = "../../test/e2e/tools/bin"
-	}
-	bin := filepath.Join(dir, "etcd")
-	if _, err := os.Stat(bin); err != nil {
-		t.Skipf("no etcd binary at %s (make e2e-tools)", bin)
-	}
-	port := func() int {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port
-	}
-	client, peer := fmt.Sprintf("http://127.0.0.1:%d", port()), fmt.Sprintf("http://127.0.0.1:%d", port())
-	cmd := exec.Command(bin, "--data-dir", t.TempDir(), "--listen-client-urls", client, "--advertise-client-urls", client,
-		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "default="+peer, "--log-level", "error")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{client}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := c.Get(ctx, "health")
-		cancel()
-		if err == nil {
-			return client, c
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("etcd did not start")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func goldenValues(t *testing.T) map[string][]byte {
-	t.Helper()
-	b, err := os.ReadFile("../../internal/stored/testdata/golden-apiserver-v1.37.2.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doc struct {
-		Values []struct {
-			Key   string
-			Value []byte
-		}
-	}
-	if err := json.Unmarshal(b, &doc); err != nil {
-		t.Fatal(err)
-	}
-	m := map[string][]byte{}
-	for _, v := range doc.Values {
-		m[v.Key] = v.Value
-	}
-	return m
-}
 
 const (
 	goldenKey1 = "tink:3473997605:81291f5360ee4023"
@@ -93,8 +17,8 @@ const (
 // TestAuditCommand runs kmsctl audit against a real etcd holding values
 // kube-apiserver wrote, and checks its gates and that no value is printed.
 func TestAuditCommand(t *testing.T) {
-	url, c := startEtcd(t)
-	golden := goldenValues(t)
+	url, c := etcdtest.Start(t)
+	golden := etcdtest.GoldenValues(t)
 	for k, v := range golden {
 		if _, err := c.Put(context.Background(), k, string(v)); err != nil {
 			t.Fatal(err)
@@ -145,7 +69,7 @@ func TestAuditCommand(t *testing.T) {
 // TestDestroyLiveAudit: destroy audits etcd itself and refuses while any
 // object is under the version.
 func TestDestroyLiveAudit(t *testing.T) {
-	url, c := startEtcd(t)
+	url, c := etcdtest.Start(t)
 	uri := newKeyset(t)
 	old := primary(t, uri)
 	id := addKey(t, uri)
@@ -153,7 +77,7 @@ func TestDestroyLiveAudit(t *testing.T) {
 	run(t, "", false, "keys", "disable", "--keystore", uri, old)
 	// One object under old: take a golden KMS value and swap its key_id for
 	// one of the same length.
-	v := goldenValues(t)["/registry/secrets/default/g1"]
+	v := etcdtest.GoldenValues(t)["/registry/secrets/default/g1"]
 	if len(old) != len(goldenKey1) {
 		t.Skipf("key id lengths differ (%q)", old)
 	}

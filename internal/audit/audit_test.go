@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -15,36 +14,14 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/keywarden/keywarden/internal/etcdtest"
 )
 
 const (
 	key1 = "tink:3473997605:81291f5360ee4023"
 	key2 = "tink:1387148517:e270a5f50269b3e4"
 )
-
-// goldenKVs loads the values kube-apiserver 1.37.2 wrote (see
-// internal/stored/testdata).
-func goldenKVs(t testing.TB) map[string][]byte {
-	t.Helper()
-	b, err := os.ReadFile("../stored/testdata/golden-apiserver-v1.37.2.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doc struct {
-		Values []struct {
-			Key   string
-			Value []byte
-		}
-	}
-	if err := json.Unmarshal(b, &doc); err != nil {
-		t.Fatal(err)
-	}
-	m := map[string][]byte{}
-	for _, v := range doc.Values {
-		m[v.Key] = v.Value
-	}
-	return m
-}
 
 // fakeEtcd serves range requests from a map, in key order, at one revision;
 // compactAt makes the request number compactAt fail with ErrCompacted.
@@ -84,7 +61,7 @@ func (f *fakeEtcd) Get(_ context.Context, key string, opts ...clientv3.OpOption)
 }
 
 func TestRunGolden(t *testing.T) {
-	kvs := goldenKVs(t)
+	kvs := etcdtest.GoldenValues(t)
 	kvs["/registry/secretsx/not-a-secret"] = []byte("k8s\x00")   // outside the prefix
 	kvs["/registry/pods/default/p"] = []byte("k8s\x00plain pod") // not in scope
 	kvs["/registry/secrets/default/broken"] = []byte("k8s:enc:kms:v2:keywarden:\xff")
@@ -153,7 +130,7 @@ func TestRunGolden(t *testing.T) {
 
 func TestRunCompaction(t *testing.T) {
 	scopes, _ := Scopes("/registry", []string{"secrets"})
-	f := &fakeEtcd{kvs: goldenKVs(t), rev: 7, compactAt: 2}
+	f := &fakeEtcd{kvs: etcdtest.GoldenValues(t), rev: 7, compactAt: 2}
 	r, err := Run(context.Background(), f, Options{Scopes: scopes, PageSize: 2})
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +141,7 @@ func TestRunCompaction(t *testing.T) {
 }
 
 func TestRunBadAnnotation(t *testing.T) {
-	kvs := goldenKVs(t)
+	kvs := etcdtest.GoldenValues(t)
 	// Swap the annotations of a key1 object into a key2 object: the key_id
 	// and the annotation's root version disagree.
 	g1 := kvs["/registry/secrets/default/g1"]
