@@ -96,7 +96,6 @@ func TestServer(t *testing.T) {
 		t.Fatalf("server stopped serving after a panic: %v", err)
 	}
 
-	const svcName = "v2.KeyManagementService"
 	for _, w := range []struct {
 		method, code string
 		want         float64
