@@ -183,7 +183,7 @@ func open(ctx context.Context, cfg config, awsCfg aws.Config) (*Backend, error) 
 
 func newBackend(ctx context.Context, cfg config, c kmsAPI, now func() time.Time) (*Backend, error) {
 	b := &Backend{cfg: cfg, kms: c, retry: remote.DefaultRetry(cfg.Timeout), cur: remote.NewCache[string](cfg.KeyIDTTL, now)}
-	if _, err := b.cur.Refresh(ctx, b.describe); err != nil && !remote.Retryable(err) {
+	if err := b.cur.Prime(ctx, b.describe); err != nil {
 		return nil, err
 	}
 	return b, nil

@@ -174,7 +174,7 @@ func open(ctx context.Context, cfg config, cred azcore.TokenCredential, transpor
 
 func newBackend(ctx context.Context, cfg config, c keysAPI, now func() time.Time) (*Backend, error) {
 	b := &Backend{cfg: cfg, kv: c, retry: remote.DefaultRetry(cfg.Timeout), cur: remote.NewCache[current](cfg.KeyIDTTL, now)}
-	if _, err := b.cur.Refresh(ctx, b.resolve); err != nil && !remote.Retryable(err) {
+	if err := b.cur.Prime(ctx, b.resolve); err != nil {
 		return nil, err
 	}
 	return b, nil
@@ -445,11 +445,11 @@ func usable(a *azkeys.KeyAttributes, now time.Time) bool {
 	return a.Expires == nil || now.Before(*a.Expires)
 }
 
-func (b *Backend) newestUsable(ctx context.Context) (string, error) {
-	var best string
-	var bestAt time.Time
+// versions lists every version of the key, in one idempotent call.
+func (b *Backend) versions(ctx context.Context) ([]*azkeys.KeyProperties, error) {
+	var out []*azkeys.KeyProperties
 	err := b.call(ctx, true, "list versions", func(ctx context.Context) error {
-		best, bestAt = "", time.Time{}
+		out = out[:0]
 		p := b.kv.NewListKeyPropertiesVersionsPager(b.cfg.name, nil)
 		for p.More() {
 			page, err := p.NextPage(ctx)
@@ -457,22 +457,37 @@ func (b *Backend) newestUsable(ctx context.Context) (string, error) {
 				return err
 			}
 			for _, kp := range page.Value {
-				if kp == nil || kp.KID == nil || !usable(kp.Attributes, time.Now()) {
-					continue
-				}
-				var at time.Time
-				if kp.Attributes != nil && kp.Attributes.Created != nil {
-					at = *kp.Attributes.Created
-				}
-				if best == "" || at.After(bestAt) {
-					best, bestAt = kp.KID.Version(), at
+				if kp != nil && kp.KID != nil {
+					out = append(out, kp)
 				}
 			}
 		}
 		return nil
 	})
 	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (b *Backend) newestUsable(ctx context.Context) (string, error) {
+	all, err := b.versions(ctx)
+	if err != nil {
 		return "", err
+	}
+	var best string
+	var bestAt time.Time
+	for _, kp := range all {
+		if !usable(kp.Attributes, time.Now()) {
+			continue
+		}
+		var at time.Time
+		if kp.Attributes != nil && kp.Attributes.Created != nil {
+			at = *kp.Attributes.Created
+		}
+		if best == "" || at.After(bestAt) {
+			best, bestAt = kp.KID.Version(), at
+		}
 	}
 	if best == "" {
 		return "", fmt.Errorf("%w: key vault key %s has no enabled version", keystore.ErrKeyDisabled, b.cfg.name)

@@ -28,33 +28,20 @@ func (b *Backend) List(ctx context.Context) ([]keystore.KeyVersion, error) {
 	if err != nil && !errors.Is(err, keystore.ErrKeyDisabled) {
 		return nil, err
 	}
-	var out []keystore.KeyVersion
-	err = b.call(ctx, true, "list versions", func(ctx context.Context) error {
-		out = out[:0]
-		p := b.kv.NewListKeyPropertiesVersionsPager(b.cfg.name, nil)
-		for p.More() {
-			page, err := p.NextPage(ctx)
-			if err != nil {
-				return err
-			}
-			for _, kp := range page.Value {
-				if kp == nil || kp.KID == nil {
-					continue
-				}
-				v := keystore.KeyVersion{KeyID: string(*kp.KID), State: keystore.KeyEnabled, Primary: string(*kp.KID) == cur.kid}
-				if !usable(kp.Attributes, time.Now()) {
-					v.State = keystore.KeyDisabled
-				}
-				if kp.Attributes != nil && kp.Attributes.Created != nil {
-					v.Created = kp.Attributes.Created.UTC()
-				}
-				out = append(out, v)
-			}
-		}
-		return nil
-	})
+	all, err := b.versions(ctx)
 	if err != nil {
 		return nil, err
+	}
+	var out []keystore.KeyVersion
+	for _, kp := range all {
+		v := keystore.KeyVersion{KeyID: string(*kp.KID), State: keystore.KeyEnabled, Primary: string(*kp.KID) == cur.kid}
+		if !usable(kp.Attributes, time.Now()) {
+			v.State = keystore.KeyDisabled
+		}
+		if kp.Attributes != nil && kp.Attributes.Created != nil {
+			v.Created = kp.Attributes.Created.UTC()
+		}
+		out = append(out, v)
 	}
 	slices.SortFunc(out, func(a, b keystore.KeyVersion) int { return a.Created.Compare(b.Created) })
 	return out, nil

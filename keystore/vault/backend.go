@@ -107,7 +107,7 @@ func Open(ctx context.Context, uri string) (*Backend, error) {
 		return nil, err
 	}
 	b := newBackend(cfg, c, time.Now)
-	if _, err := b.refreshMeta(ctx); err != nil && !remote.Retryable(err) {
+	if err := b.meta.Prime(ctx, b.fetch); err != nil {
 		return nil, err
 	}
 	return b, nil

@@ -172,6 +172,17 @@ func (c *Cache[T]) Peek() (T, bool) {
 	return c.val, c.ok
 }
 
+// Prime fills the cache when a backend opens. A keystore that refuses (no
+// such key, no permission, a misconfiguration) fails Open; one that does not
+// answer yet (Retryable) does not: keywarden starts unhealthy, and its health
+// checks keep trying.
+func (c *Cache[T]) Prime(ctx context.Context, fetch func(ctx context.Context) (T, error)) error {
+	if _, err := c.Refresh(ctx, fetch); err != nil && !Retryable(err) {
+		return err
+	}
+	return nil
+}
+
 // Last returns the cached value whatever its age, fetching one only when
 // there is none yet: Wrap uses the key KeyID last reported, and does not wait
 // for a refresh.

@@ -135,3 +135,30 @@ func TestCacheLast(t *testing.T) {
 		t.Fatalf("Last on a stale value = %d after %d fetches; want 1 after 1", v, fetches)
 	}
 }
+
+func TestCachePrime(t *testing.T) {
+	tests := []struct {
+		name    string
+		err     error
+		wantErr bool
+		cached  bool
+	}{
+		{name: "ok", cached: true},
+		{name: "unavailable does not fail Open", err: keystore.ErrUnavailable},
+		{name: "throttled does not fail Open", err: keystore.ErrThrottled},
+		{name: "permission fails Open", err: keystore.ErrPermission, wantErr: true},
+		{name: "not found fails Open", err: keystore.ErrKeyNotFound, wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := NewCache[int](time.Minute, nil)
+			err := c.Prime(context.Background(), func(context.Context) (int, error) { return 7, tc.err })
+			if (err != nil) != tc.wantErr || (err != nil && !errors.Is(err, tc.err)) {
+				t.Fatalf("Prime = %v, want error %v", err, tc.wantErr)
+			}
+			if _, ok := c.Peek(); ok != tc.cached {
+				t.Fatalf("cached = %v, want %v", ok, tc.cached)
+			}
+		})
+	}
+}
