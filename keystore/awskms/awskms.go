@@ -62,8 +62,6 @@ const (
 // KMS ciphertext blobs are at most 6144 bytes.
 const maxCiphertext = 6144
 
-var probePlaintext = make([]byte, 32)
-
 // kmsAPI is the part of the KMS client we use.
 type kmsAPI interface {
 	Encrypt(ctx context.Context, in *kms.EncryptInput, opts ...func(*kms.Options)) (*kms.EncryptOutput, error)
@@ -335,12 +333,11 @@ func (b *Backend) describeAndProbe(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	w, err := b.encrypt(ctx, kid, probePlaintext, []byte("keywarden health probe"))
-	if err != nil {
-		return "", fmt.Errorf("health probe: %w", err)
+	wrap := func(ctx context.Context, pt, aad []byte) (keystore.Wrapped, error) {
+		return b.encrypt(ctx, kid, pt, aad)
 	}
-	if _, err := b.Unwrap(ctx, w, []byte("keywarden health probe")); err != nil {
-		return "", fmt.Errorf("health probe: %w", err)
+	if err := remote.Probe(ctx, wrap, b.Unwrap); err != nil {
+		return "", err
 	}
 	return kid, nil
 }

@@ -29,7 +29,6 @@
 package azurekv
 
 import (
-	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
@@ -72,10 +71,8 @@ const (
 )
 
 var (
-	versionRE      = regexp.MustCompile(`^[0-9A-Za-z]{1,64}$`)
-	nameRE         = regexp.MustCompile(`^[0-9A-Za-z-]{1,127}$`)
-	probePlaintext = make([]byte, 32)
-	probeAAD       = []byte("keywarden health probe")
+	versionRE = regexp.MustCompile(`^[0-9A-Za-z]{1,64}$`)
+	nameRE    = regexp.MustCompile(`^[0-9A-Za-z-]{1,127}$`)
 )
 
 // keysAPI is the part of the Key Vault keys client we use.
@@ -500,16 +497,9 @@ func (b *Backend) resolveAndProbe(ctx context.Context) (current, error) {
 	if err != nil {
 		return current{}, err
 	}
-	w, err := b.wrap(ctx, c, probePlaintext, probeAAD)
-	if err != nil {
-		return current{}, fmt.Errorf("health probe: %w", err)
-	}
-	pt, err := b.Unwrap(ctx, w, probeAAD)
-	if err != nil {
-		return current{}, fmt.Errorf("health probe: %w", err)
-	}
-	if !bytes.Equal(pt, probePlaintext) {
-		return current{}, errors.New("health probe: unwrap returned different bytes")
+	wrap := func(ctx context.Context, pt, aad []byte) (keystore.Wrapped, error) { return b.wrap(ctx, c, pt, aad) }
+	if err := remote.Probe(ctx, wrap, b.Unwrap); err != nil {
+		return current{}, err
 	}
 	return c, nil
 }

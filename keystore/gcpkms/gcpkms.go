@@ -20,10 +20,8 @@
 package gcpkms
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"regexp"
@@ -56,11 +54,9 @@ const (
 )
 
 var (
-	keyNameRE      = regexp.MustCompile(`^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$`)
-	versionSuffix  = regexp.MustCompile(`^/cryptoKeyVersions/[1-9][0-9]{0,18}$`)
-	crcTable       = crc32.MakeTable(crc32.Castagnoli)
-	probePlaintext = make([]byte, 32)
-	probeAAD       = []byte("keywarden health probe")
+	keyNameRE     = regexp.MustCompile(`^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$`)
+	versionSuffix = regexp.MustCompile(`^/cryptoKeyVersions/[1-9][0-9]{0,18}$`)
+	crcTable      = crc32.MakeTable(crc32.Castagnoli)
 )
 
 // kmsAPI is the part of the Cloud KMS client we use.
@@ -316,16 +312,11 @@ func (b *Backend) getPrimaryAndProbe(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	w, err := b.encrypt(ctx, kid, probePlaintext, probeAAD)
-	if err != nil {
-		return "", fmt.Errorf("health probe: %w", err)
+	wrap := func(ctx context.Context, pt, aad []byte) (keystore.Wrapped, error) {
+		return b.encrypt(ctx, kid, pt, aad)
 	}
-	pt, err := b.Unwrap(ctx, w, probeAAD)
-	if err != nil {
-		return "", fmt.Errorf("health probe: %w", err)
-	}
-	if !bytes.Equal(pt, probePlaintext) {
-		return "", errors.New("health probe: cloud kms decrypt returned different bytes")
+	if err := remote.Probe(ctx, wrap, b.Unwrap); err != nil {
+		return "", err
 	}
 	return kid, nil
 }

@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -35,6 +36,30 @@ func (r Retry) Run(ctx context.Context, idempotent bool, op func(ctx context.Con
 		return r.Do(ctx, op)
 	}
 	return r.Once(ctx, op)
+}
+
+// What the health probe wraps and unwraps.
+var (
+	probePlaintext = make([]byte, 32)
+	probeAAD       = []byte("keywarden health probe")
+)
+
+// Probe wraps and unwraps a fixed value with the key KeyID is about to
+// report, so that a key that still reads fine but that our credentials may
+// no longer use shows in health within one key-id-ttl.
+func Probe(ctx context.Context, wrap func(ctx context.Context, pt, aad []byte) (keystore.Wrapped, error), unwrap func(ctx context.Context, w keystore.Wrapped, aad []byte) ([]byte, error)) error {
+	w, err := wrap(ctx, probePlaintext, probeAAD)
+	if err != nil {
+		return fmt.Errorf("health probe: %w", err)
+	}
+	pt, err := unwrap(ctx, w, probeAAD)
+	if err != nil {
+		return fmt.Errorf("health probe: %w", err)
+	}
+	if !bytes.Equal(pt, probePlaintext) {
+		return errors.New("health probe: unwrap returned different bytes")
+	}
+	return nil
 }
 
 // StatusClass is the class of an HTTP status every remote keystore gives the

@@ -131,3 +131,40 @@ func TestClassed(t *testing.T) {
 		t.Fatalf("Detail(short) = %q", got)
 	}
 }
+
+func TestProbe(t *testing.T) {
+	wrap := func(_ context.Context, pt, _ []byte) (keystore.Wrapped, error) {
+		return keystore.Wrapped{KeyID: "k", Ciphertext: append([]byte(nil), pt...)}, nil
+	}
+	echo := func(_ context.Context, w keystore.Wrapped, _ []byte) ([]byte, error) { return w.Ciphertext, nil }
+	tests := []struct {
+		name   string
+		wrap   func(context.Context, []byte, []byte) (keystore.Wrapped, error)
+		unwrap func(context.Context, keystore.Wrapped, []byte) ([]byte, error)
+		want   error // nil: no error; errAny: any error
+	}{
+		{name: "ok", wrap: wrap, unwrap: echo},
+		{name: "wrap refused", wrap: func(context.Context, []byte, []byte) (keystore.Wrapped, error) {
+			return keystore.Wrapped{}, keystore.ErrPermission
+		}, unwrap: echo, want: keystore.ErrPermission},
+		{name: "unwrap refused", wrap: wrap, unwrap: func(context.Context, keystore.Wrapped, []byte) ([]byte, error) {
+			return nil, keystore.ErrKeyDisabled
+		}, want: keystore.ErrKeyDisabled},
+		{name: "different bytes", wrap: wrap, unwrap: func(context.Context, keystore.Wrapped, []byte) ([]byte, error) {
+			return []byte("other"), nil
+		}, want: errAny},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := Probe(context.Background(), tc.wrap, tc.unwrap)
+			switch {
+			case tc.want == nil && err != nil, tc.want != nil && err == nil:
+				t.Fatalf("Probe = %v, want %v", err, tc.want)
+			case tc.want != nil && tc.want != errAny && !errors.Is(err, tc.want):
+				t.Fatalf("Probe = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+var errAny = errors.New("any error")
