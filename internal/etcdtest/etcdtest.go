@@ -33,7 +33,8 @@ func root(t testing.TB) string {
 // Start runs the e2e suite's etcd ($KEYWARDEN_E2E_TOOLS_DIR, else
 // test/e2e/tools/bin) on free loopback ports with its data in a temporary
 // directory, and returns its client URL and a client; both end with the
-// test. It skips the test when there is no etcd binary.
+// test. It skips the test when there is no etcd binary, or fails it when
+// $KEYWARDEN_REQUIRE_ETCD is set (CI sets it).
 func Start(t testing.TB) (string, *clientv3.Client) {
 	t.Helper()
 	dir := os.Getenv("KEYWARDEN_E2E_TOOLS_DIR")
@@ -42,6 +43,9 @@ func Start(t testing.TB) (string, *clientv3.Client) {
 	}
 	bin := filepath.Join(dir, "etcd")
 	if _, err := os.Stat(bin); err != nil {
+		if os.Getenv("KEYWARDEN_REQUIRE_ETCD") != "" {
+			t.Fatalf("no etcd binary at %s (make e2e-tools), and KEYWARDEN_REQUIRE_ETCD is set", bin)
+		}
 		t.Skipf("no etcd binary at %s (make e2e-tools)", bin)
 	}
 	port := func() int {
