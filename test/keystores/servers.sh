@@ -31,25 +31,26 @@ vault_running() {
 }
 
 start_vault() {
+	# Always: the tests that start their own Vault (TLS cert auth) need the
+	# binary in this checkout even when a dev server is already running.
+	bash "$root/test/vault/tools/build.sh" >&2
 	if vault_running; then
 		log "vault already running (pid $(cat "$state/vault/pid"))"
 		vault_env
 		return
 	fi
-	bash "$root/test/vault/tools/build.sh" >&2
 	local bin="$root/test/vault/tools/bin/vault" dir="$state/vault"
 	rm -rf "$dir"
 	mkdir -p "$dir/home"
 	chmod 700 "$dir"
 	# setsid: the server outlives this script, in a process group of its own.
-	HOME="$dir/home" VAULT_ADDR= VAULT_TOKEN= setsid "$bin" server -dev \
+	HOME="$dir/home" VAULT_ADDR='' VAULT_TOKEN='' setsid "$bin" server -dev \
 		-dev-listen-address="127.0.0.1:${VAULT_PORT}" \
 		-dev-root-token-id="${VAULT_TOKEN_ID}" \
 		-dev-no-store-token \
 		>"$dir/log" 2>&1 </dev/null &
 	echo $! >"$dir/pid"
-	local i
-	for i in $(seq 1 100); do
+	for _ in $(seq 1 100); do
 		if HOME="$dir/home" VAULT_ADDR="http://127.0.0.1:${VAULT_PORT}" "$bin" status >/dev/null 2>&1; then
 			log "vault dev server up on 127.0.0.1:${VAULT_PORT} (pid $(cat "$dir/pid"), log $dir/log)"
 			vault_env | tee "$dir/env"
