@@ -37,19 +37,14 @@ func (s *Service) adoptState(ctx context.Context, rootKeyID string) bool {
 		s.log.Warn("ignoring unreadable state file", "path", s.cfg.StateFile, "error", err)
 		return false
 	}
-	var st stateV1
-	if err := json.Unmarshal(b, &st); err != nil || st.Version != 1 {
+	st, ct, err := decodeState(b, rootKeyID, s.cfg.Now(), s.cfg.KEKMaxUses, s.cfg.KEKMaxAge)
+	if errors.Is(err, errMalformedState) {
 		s.log.Warn("ignoring malformed state file", "path", s.cfg.StateFile)
-		return false
 	}
-	id, ct, err := envelope.DecodeKEK(st.Annotation)
-	if err != nil || id != rootKeyID {
-		return false // made under another root version: mint anew
+	if err != nil {
+		return false // malformed, made under another root version, or spent: mint anew
 	}
-	if st.Uses >= s.cfg.KEKMaxUses || s.cfg.Now().Sub(st.Created) >= s.cfg.KEKMaxAge {
-		return false
-	}
-	k, err := s.unwrapKEK(ctx, st.Annotation, id, ct, st.Created)
+	k, err := s.unwrapKEK(ctx, st.Annotation, rootKeyID, ct, st.Created)
 	if err != nil {
 		s.log.Warn("state file KEK did not unwrap; making a new one", "error", err)
 		return false
@@ -57,6 +52,32 @@ func (s *Service) adoptState(ctx context.Context, rootKeyID string) bool {
 	k.uses.Store(st.Uses)
 	s.install(k, "state")
 	return true
+}
+
+var (
+	errMalformedState = errors.New("malformed state file")
+	errStateOtherRoot = errors.New("state file KEK is not under the current root key")
+	errStateSpent     = errors.New("state file KEK is past its bounds")
+)
+
+// decodeState decodes a state file and checks it against the current root
+// key_id and the KEK bounds at now. It makes no keystore call: what it
+// accepts still has to unwrap before it is adopted.
+func decodeState(b []byte, rootKeyID string, now time.Time, maxUses uint64, maxAge time.Duration) (stateV1, []byte, error) {
+	var st stateV1
+	if err := json.Unmarshal(b, &st); err != nil || st.Version != 1 {
+		return stateV1{}, nil, errMalformedState
+	}
+	id, ct, err := envelope.DecodeKEK(st.Annotation)
+	if err != nil || id != rootKeyID {
+		return stateV1{}, nil, errStateOtherRoot
+	}
+	// A KEK "created" in the future would never reach max_age: such a file
+	// was not written by this clock, so it is not trusted either.
+	if age := now.Sub(st.Created); st.Uses >= maxUses || age < 0 || age >= maxAge {
+		return stateV1{}, nil, errStateSpent
+	}
+	return st, ct, nil
 }
 
 // saveState records k. Failing to save costs only an extra KEK at the next
