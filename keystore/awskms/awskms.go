@@ -108,7 +108,7 @@ func parseURI(s string) (config, error) {
 		switch k {
 		case "endpoint":
 			u, err := url.Parse(v)
-			if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+			if err != nil || u.Hostname() == "" || (u.Scheme != "https" && u.Scheme != "http") {
 				return true, fmt.Errorf("endpoint %q: want https://host[:port]", v)
 			}
 			// Plain HTTP only to this host: signatures protect integrity, not

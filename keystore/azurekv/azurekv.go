@@ -98,8 +98,13 @@ func parseURI(s string) (config, error) {
 		return config{}, remote.URIError(Scheme, format, args...)
 	}
 	u, err := url.Parse(s)
-	if err != nil || u.Scheme != Scheme || u.Host == "" || u.User != nil || u.Fragment != "" {
+	if err != nil || u.Scheme != Scheme || u.Hostname() == "" || u.User != nil || u.Fragment != "" {
 		return bad("want %s://<vault>.vault.azure.net/keys/<name>[/<version>]", Scheme)
+	}
+	// url.Parse takes some hosts ("::") that it refuses in the https://
+	// URL the client is given.
+	if _, err := url.Parse("https://" + u.Host); err != nil {
+		return bad("host %q", u.Host)
 	}
 	parts := strings.Split(strings.Trim(u.Path, "/"), "/")
 	if (len(parts) != 2 && len(parts) != 3) || parts[0] != "keys" || !nameRE.MatchString(parts[1]) {
@@ -235,15 +240,11 @@ func (b *Backend) wrap(ctx context.Context, c current, pt, aad []byte) (keystore
 	if err != nil {
 		return keystore.Wrapped{}, err
 	}
-	out := make([]byte, 0, 4+len(wdk)+nonceSize+len(pt)+tagSize)
-	out = append(out, envelopeV1, c.alg)
-	out = binary.BigEndian.AppendUint16(out, uint16(len(wdk)))
-	out = append(out, wdk...)
 	nonce := make([]byte, nonceSize)
 	if _, err := rand.Read(nonce); err != nil {
 		return keystore.Wrapped{}, fmt.Errorf("nonce: %w", err)
 	}
-	out = append(out, nonce...)
+	out := appendEnvelopeHead(make([]byte, 0, 4+len(wdk)+nonceSize+len(pt)+tagSize), c.alg, wdk, nonce)
 	out = gcm.Seal(out, nonce, pt, boundAAD(c.kid, aad))
 	return keystore.Wrapped{KeyID: c.kid, Ciphertext: out}, nil
 }
@@ -285,6 +286,15 @@ func (b *Backend) Unwrap(ctx context.Context, w keystore.Wrapped, aad []byte) ([
 		return nil, fmt.Errorf("%w: envelope authentication failed", keystore.ErrInvalid)
 	}
 	return pt, nil
+}
+
+// appendEnvelopeHead appends everything of the envelope that precedes the
+// AES-GCM output; parseEnvelope is its inverse.
+func appendEnvelopeHead(out []byte, alg byte, wdk, nonce []byte) []byte {
+	out = append(out, envelopeV1, alg)
+	out = binary.BigEndian.AppendUint16(out, uint16(len(wdk)))
+	out = append(out, wdk...)
+	return append(out, nonce...)
 }
 
 func parseEnvelope(ct []byte) (alg byte, wdk, nonce, sealed []byte, err error) {

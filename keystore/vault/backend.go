@@ -271,7 +271,7 @@ func (b *Backend) encrypt(ctx context.Context, pt, aad []byte) (int, []byte, err
 }
 
 func (b *Backend) decrypt(ctx context.Context, v int, raw, aad []byte) ([]byte, error) {
-	data := map[string]any{"ciphertext": "vault:v" + strconv.Itoa(v) + ":" + base64.StdEncoding.EncodeToString(raw)}
+	data := map[string]any{"ciphertext": formatCiphertext(v, raw)}
 	if len(aad) > 0 {
 		data["associated_data"] = base64.StdEncoding.EncodeToString(aad)
 	}
@@ -294,16 +294,28 @@ func (b *Backend) decrypt(ctx context.Context, v int, raw, aad []byte) ([]byte, 
 	return pt, nil
 }
 
+// formatCiphertext is Transit's "vault:v<n>:<base64>" form of raw.
+func formatCiphertext(v int, raw []byte) string {
+	return "vault:v" + strconv.Itoa(v) + ":" + base64.StdEncoding.EncodeToString(raw)
+}
+
 // parseCiphertext splits Transit's "vault:v<n>:<base64>".
 func parseCiphertext(s string) (int, []byte, error) {
 	rest, ok := strings.CutPrefix(s, "vault:v")
 	vs, b64, ok2 := strings.Cut(rest, ":")
 	v, err := strconv.Atoi(vs)
-	if !ok || !ok2 || err != nil || v < 1 {
+	// Only the one form Vault writes (and formatCiphertext writes back):
+	// no "v01" or "v+1", no line breaks or stray bits in the base64.
+	if !ok || !ok2 || err != nil || v < 1 || vs != strconv.Itoa(v) {
 		return 0, nil, errors.New("vault encrypt returned a ciphertext not of the form vault:v<n>:<base64>")
 	}
 	raw, err := base64.StdEncoding.DecodeString(b64)
-	if err != nil || len(raw) < minCiphertext {
+	if err == nil && base64.StdEncoding.EncodeToString(raw) != b64 {
+		err = errors.New("not canonical")
+	}
+	// Unwrap refuses what is outside these bounds: a larger answer
+	// accepted here would wrap a KEK that never unwraps.
+	if err != nil || len(raw) < minCiphertext || len(raw) > maxCiphertext {
 		return 0, nil, errors.New("vault encrypt returned a malformed ciphertext")
 	}
 	return v, raw, nil

@@ -64,8 +64,13 @@ func parseURI(s string) (config, error) {
 	if u.User != nil {
 		return bad("credentials in the URI are not allowed; use token-file= or role-id-file=/secret-id-file=")
 	}
-	if u.Host == "" {
+	if u.Hostname() == "" {
 		return bad("no host")
+	}
+	// url.Parse takes some hosts ("::") that it refuses in the https://
+	// address the client is given.
+	if _, err := url.Parse("https://" + u.Host); err != nil {
+		return bad("host %q", u.Host)
 	}
 	if u.Fragment != "" {
 		return bad("unexpected fragment")
