@@ -154,19 +154,32 @@ func lookup(v any, p string) (any, error) {
 	return v, nil
 }
 
-// needTool returns the path of a command-line tool. Missing, the test is
-// skipped on a developer's machine and fails in CI (CI=true), where
-// .ci/run installs it.
+// requireToolsEnv names the variable that makes a missing tool a failure
+// instead of a skip. .ci/run sets it (next to KEYWARDEN_REQUIRE_SOFTHSM,
+// _VAULT and _ETCD) after installing every tool the deploy tests use.
+const requireToolsEnv = "KEYWARDEN_REQUIRE_TOOLS"
+
+// toolsRequired reports whether a missing tool must fail the test:
+// KEYWARDEN_REQUIRE_TOOLS is set (to anything but "" or "0"), or CI=true
+// (the variable most CI services set).
+func toolsRequired() bool {
+	v := os.Getenv(requireToolsEnv)
+	return (v != "" && v != "0") || os.Getenv("CI") == "true"
+}
+
+// needTool returns the path of a command-line tool (promtool, shellcheck).
+// Missing, the test is skipped on a developer's machine and fails when
+// toolsRequired, as under .ci/run, which installs it.
 func needTool(t *testing.T, name, pkg string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err == nil {
 		return p
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found; CI must install Debian's %s package", name, pkg)
+	if toolsRequired() {
+		t.Fatalf("%s not found and %s=1 (or CI=true): install Debian's %s package (.ci/run does)", name, requireToolsEnv, pkg)
 	}
-	t.Skipf("%s not found (apt-get install %s)", name, pkg)
+	t.Skipf("%s not found (apt-get install %s); set %s=1 to make this a failure", name, pkg, requireToolsEnv)
 	return ""
 }
 

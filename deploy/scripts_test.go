@@ -1,8 +1,10 @@
 package deploy
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -85,5 +87,73 @@ apiserver_encryption_config_controller_automatic_reload_last_timestamp_seconds{a
 	}
 	if got := bashLib(t, "", "kms_v2_prefix keywarden"); got != "k8s:enc:kms:v2:keywarden:" {
 		t.Errorf("kms_v2_prefix = %q", got)
+	}
+}
+
+// TestNeedToolRequired re-runs TestShellcheck in a child test binary with an
+// empty PATH: without KEYWARDEN_REQUIRE_TOOLS it skips, with it (or CI=true)
+// it fails.
+func TestNeedToolRequired(t *testing.T) {
+	if os.Getenv("KEYWARDEN_NEEDTOOL_CHILD") != "" {
+		t.Skip("child run")
+	}
+	empty := t.TempDir()
+	for _, c := range []struct {
+		env  []string
+		fail bool
+	}{
+		{nil, false},
+		{[]string{requireToolsEnv + "=0"}, false},
+		{[]string{requireToolsEnv + "=1"}, true},
+		{[]string{"CI=true"}, true},
+	} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestShellcheck$", "-test.count=1", "-test.v")
+		cmd.Env = append([]string{"PATH=" + empty, "HOME=" + empty, "KEYWARDEN_NEEDTOOL_CHILD=1"}, c.env...)
+		out, err := cmd.CombinedOutput()
+		failed := err != nil
+		if failed != c.fail {
+			t.Errorf("env %v: failed=%v, want %v\n%s", c.env, failed, c.fail, out)
+		}
+		want := "--- SKIP: TestShellcheck"
+		if c.fail {
+			want = "--- FAIL: TestShellcheck"
+		}
+		if !strings.Contains(string(out), want) || !strings.Contains(string(out), "shellcheck not found") {
+			t.Errorf("env %v: want %q and \"shellcheck not found\" in:\n%s", c.env, want, out)
+		}
+	}
+}
+
+// TestCIRequiresTools checks that .ci/run makes a missing tool fail the
+// deploy tests and installs the Debian package of every tool they look up
+// with needTool.
+func TestCIRequiresTools(t *testing.T) {
+	ci := readFile(t, filepath.Join(repoRoot, ".ci", "run"))
+	if !regexp.MustCompile(`(?m)^export ` + requireToolsEnv + `=1\b`).MatchString(ci) {
+		t.Errorf(".ci/run does not export %s=1", requireToolsEnv)
+	}
+	m := regexp.MustCompile(`(?m)^pkgs=\(([^)]*)\)`).FindStringSubmatch(ci)
+	if m == nil {
+		t.Fatal(".ci/run has no pkgs=(…) list")
+	}
+	installed := map[string]bool{}
+	for _, p := range strings.Fields(m[1]) {
+		installed[p] = true
+	}
+	files, err := filepath.Glob("*_test.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	for _, f := range files {
+		for _, c := range regexp.MustCompile(`needTool\(t, "([^"]+)", "([^"]+)"\)`).FindAllStringSubmatch(readFile(t, f), -1) {
+			calls++
+			if !installed[c[2]] {
+				t.Errorf("%s needs %s from Debian's %s package, which .ci/run does not install", f, c[1], c[2])
+			}
+		}
+	}
+	if calls < 3 {
+		t.Errorf("found only %d needTool calls; the pattern is stale", calls)
 	}
 }
