@@ -6,9 +6,24 @@
 #   make image                                   (docker build --build-arg VERSION=… -t keywarden:… .)
 #   docker run --rm keywarden:dev --version
 #
-# Base images are pinned by tag. Pin them by digest too when you build for
-# production (`docker buildx imagetools inspect <image>` prints it):
-#   FROM golang:1.27.3-bookworm@sha256:…
+# Needs BuildKit (the RUN --mount cache mounts and the syntax line above):
+# Docker 23 and later use it by default; older ones need DOCKER_BUILDKIT=1,
+# which `make image` sets.
+#
+# Base images. The builder is pinned to an exact Go release tag, the one the
+# Makefile pins (GOTOOLCHAIN_PIN); go.mod says go 1.26, the image is 1.27.3.
+# The runtime's `nonroot` tag is a moving tag: distroless publishes no
+# versioned tags, only digests, and rebuilds it for Debian security updates.
+# For a production image pin both by digest, looked up where a registry is
+# reachable (docs/install.md, "Pinning the base images"):
+#   docker buildx imagetools inspect gcr.io/distroless/base-debian12:nonroot   (or: crane digest …)
+#   docker build --build-arg RUNTIME_IMAGE=gcr.io/distroless/base-debian12:nonroot@sha256:<digest> \
+#                --build-arg GO_IMAGE=golang:1.27.3-bookworm@sha256:<digest> .
+# Even an exact tag like golang:1.27.3-bookworm is rebuilt now and then
+# (Debian updates), so only a digest fixes the bytes. No digest is written
+# here: none could be looked up or verified when this was written (no
+# registry was reachable), and an unverified digest is worse than a tag. deploy's TestDockerfile requires an exact
+# version tag on the builder and refuses `latest` and untagged references.
 # The builder is Debian 12 (bookworm) like the runtime, so the binaries need
 # no newer glibc than the runtime has.
 
@@ -17,8 +32,7 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/base-debian12:nonroot
 
 FROM ${GO_IMAGE} AS build
 WORKDIR /src
-# The toolchain is the image's: go.mod says go 1.26, the image is the 1.27.3
-# the Makefile pins (GOTOOLCHAIN_PIN).
+# The toolchain is the image's (GOTOOLCHAIN=local: never fetch another).
 ENV GOTOOLCHAIN=local CGO_ENABLED=1 GOFLAGS=-trimpath
 COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download

@@ -128,8 +128,13 @@ kind-e2e: kind-up
 kind-down:
 	kind delete cluster --name $(KIND_CLUSTER)
 
+# Needs BuildKit (the Dockerfile's cache mounts); DOCKER_BUILDKIT=1 turns it on
+# in Docker before 23. Pin the base images by digest with e.g.
+# DOCKER_BUILD_ARGS='--build-arg RUNTIME_IMAGE=gcr.io/distroless/base-debian12:nonroot@sha256:…'
+# (docs/install.md, "Pinning the base images").
+DOCKER_BUILD_ARGS ?=
 image:
-	docker build --build-arg VERSION=$(VERSION) -t keywarden:$(VERSION) .
+	DOCKER_BUILDKIT=1 docker build --build-arg VERSION=$(VERSION) $(DOCKER_BUILD_ARGS) -t keywarden:$(VERSION) .
 
 clean:
 	rm -rf $(BIN) $(DEV)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -547,21 +548,33 @@ func TestDockerfile(t *testing.T) {
 	if len(images) != 2 {
 		t.Fatalf("want ARG GO_IMAGE= and ARG RUNTIME_IMAGE=, found %v", images)
 	}
-	for _, m := range images {
-		ref := m[2]
-		if tag := ref[strings.LastIndex(ref, ":")+1:]; !strings.Contains(ref, ":") || tag == "latest" {
-			t.Errorf("%s=%s is not pinned to a tag", m[1], ref)
-		}
-	}
 	pin := regexp.MustCompile(`(?m)^GOTOOLCHAIN_PIN\s*\?=\s*go(\S+)$`).FindStringSubmatch(string(mk))
 	if pin == nil {
 		t.Fatal("no GOTOOLCHAIN_PIN in the Makefile")
 	}
-	if !strings.Contains(images[0][2], "golang:"+pin[1]+"-") {
-		t.Errorf("builder %s is not Go %s, the Makefile's GOTOOLCHAIN_PIN", images[0][2], pin[1])
+	if images[0][1] != "GO_IMAGE" {
+		t.Fatalf("ARG GO_IMAGE must come first, found %v", images)
 	}
-	if !strings.Contains(images[1][2], "distroless/base-debian12") || !strings.Contains(images[0][2], "bookworm") {
-		t.Errorf("want a Debian 12 builder and the glibc distroless runtime (cgo for PKCS#11)")
+	if err := checkBuilderImage(images[0][2], pin[1]); err != nil {
+		t.Errorf("GO_IMAGE: %v", err)
+	}
+	if err := checkRuntimeImage(images[1][2]); err != nil {
+		t.Errorf("RUNTIME_IMAGE: %v", err)
+	}
+	// Every stage starts from one of the two ARGs (overridable with
+	// --build-arg) or an earlier stage, never from a reference written
+	// into a FROM line.
+	stages := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?mi)^FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?\s*$`).FindAllStringSubmatch(text, -1) {
+		if from := m[1]; from != "${GO_IMAGE}" && from != "${RUNTIME_IMAGE}" && !stages[from] {
+			t.Errorf("FROM %s: use ${GO_IMAGE}, ${RUNTIME_IMAGE} or an earlier stage", from)
+		}
+		if m[2] != "" {
+			stages[m[2]] = true
+		}
+	}
+	if len(stages) == 0 {
+		t.Error("no named build stage: the FROM lines did not parse")
 	}
 	for _, want := range []string{"-X main.version=${VERSION}", "CGO_ENABLED=1", "./cmd/keywarden ./cmd/kmsctl", `ENTRYPOINT ["/usr/local/bin/keywarden"]`} {
 		if !strings.Contains(text, want) {
@@ -605,6 +618,96 @@ func TestDockerfile(t *testing.T) {
 		top := strings.Split(rel, string(filepath.Separator))[0]
 		if !allowed[top] {
 			t.Errorf("the binaries import %s, but .dockerignore keeps %s/ out of the build context", rel, top)
+		}
+	}
+}
+
+// imageRef splits an image reference into its name, tag and digest (each
+// possibly empty). A colon before the last slash is a registry port, not a
+// tag.
+func imageRef(ref string) (name, tag, digest string) {
+	name = ref
+	if i := strings.Index(name, "@"); i >= 0 {
+		name, digest = name[:i], name[i+1:]
+	}
+	if i := strings.LastIndex(name, ":"); i > strings.LastIndex(name, "/") {
+		name, tag = name[:i], name[i+1:]
+	}
+	return name, tag, digest
+}
+
+var reDigest = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+
+// checkBuilderImage requires the official Go image at the exact release the
+// Makefile pins, with a Debian 12 suffix: golang:<goVersion>-bookworm, and
+// optionally @sha256:<digest>. Untagged references and `latest` are refused.
+func checkBuilderImage(ref, goVersion string) error {
+	name, tag, digest := imageRef(ref)
+	switch {
+	case tag == "":
+		return fmt.Errorf("%s has no tag: pin an exact version (golang:%s-bookworm)", ref, goVersion)
+	case tag == "latest":
+		return fmt.Errorf("%s: `latest` is not a pin", ref)
+	case digest != "" && !reDigest.MatchString(digest):
+		return fmt.Errorf("%s: digest %q is not sha256:<64 hex>", ref, digest)
+	case name != "golang" && name != "docker.io/library/golang":
+		return fmt.Errorf("%s is not the official golang image", ref)
+	case tag != goVersion+"-bookworm":
+		return fmt.Errorf("%s: want the exact tag %s-bookworm (Go %s, the Makefile's GOTOOLCHAIN_PIN, on Debian 12 like the runtime)", ref, goVersion, goVersion)
+	}
+	return nil
+}
+
+// checkRuntimeImage requires the glibc distroless image (cgo for PKCS#11)
+// with a tag other than `latest`, a digest, or both.
+func checkRuntimeImage(ref string) error {
+	name, tag, digest := imageRef(ref)
+	switch {
+	case tag == "" && digest == "":
+		return fmt.Errorf("%s has neither tag nor digest", ref)
+	case tag == "latest":
+		return fmt.Errorf("%s: `latest` is not a pin", ref)
+	case digest != "" && !reDigest.MatchString(digest):
+		return fmt.Errorf("%s: digest %q is not sha256:<64 hex>", ref, digest)
+	case name != "gcr.io/distroless/base-debian12":
+		return fmt.Errorf("%s: want gcr.io/distroless/base-debian12 (glibc, Debian 12, like the builder)", ref)
+	}
+	return nil
+}
+
+// TestImagePinChecks shows what checkBuilderImage and checkRuntimeImage
+// accept and refuse.
+func TestImagePinChecks(t *testing.T) {
+	const d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	for ref, ok := range map[string]bool{
+		"golang:1.27.3-bookworm":                   true,
+		"golang:1.27.3-bookworm@" + d:              true,
+		"docker.io/library/golang:1.27.3-bookworm": true,
+		"golang":                            false,
+		"golang:latest":                     false,
+		"golang@" + d:                       false,
+		"golang:1.27-bookworm":              false,
+		"golang:1.27.3":                     false,
+		"golang:1.27.2-bookworm":            false,
+		"golang:1.27.3-bookworm@sha256:abc": false,
+		"registry.example.com:5000/golang":  false,
+		"registry.example.com:5000/golang:1.27.3-bookworm": false,
+	} {
+		if err := checkBuilderImage(ref, "1.27.3"); (err == nil) != ok {
+			t.Errorf("builder %s: %v, want accepted=%v", ref, err, ok)
+		}
+	}
+	for ref, ok := range map[string]bool{
+		"gcr.io/distroless/base-debian12:nonroot":          true,
+		"gcr.io/distroless/base-debian12:nonroot@" + d:     true,
+		"gcr.io/distroless/base-debian12@" + d:             true,
+		"gcr.io/distroless/base-debian12":                  false,
+		"gcr.io/distroless/base-debian12:latest":           false,
+		"gcr.io/distroless/static-debian12:nonroot":        false,
+		"gcr.io/distroless/base-debian12:nonroot@sha256:x": false,
+	} {
+		if err := checkRuntimeImage(ref); (err == nil) != ok {
+			t.Errorf("runtime %s: %v, want accepted=%v", ref, err, ok)
 		}
 	}
 }
