@@ -19,3 +19,5 @@ func openAWS(ctx context.Context, uri string) (keystore.Backend, error) {
 	}
 	return b, nil
 }
+
+func checkAWS(uri string) error { return awskms.CheckURI(uri) }

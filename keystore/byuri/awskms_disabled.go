@@ -15,3 +15,8 @@ const hasAWS = false
 func openAWS(context.Context, string) (keystore.Backend, error) {
 	return nil, fmt.Errorf("%w: this keywarden was built without AWS KMS support (-tags noaws); use a build without that tag", keystore.ErrConfig)
 }
+
+func checkAWS(uri string) error {
+	_, err := openAWS(context.Background(), uri)
+	return err
+}

@@ -19,3 +19,5 @@ func openAzure(ctx context.Context, uri string) (keystore.Backend, error) {
 	}
 	return b, nil
 }
+
+func checkAzure(uri string) error { return azurekv.CheckURI(uri) }

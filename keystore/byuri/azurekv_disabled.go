@@ -15,3 +15,8 @@ const hasAzure = false
 func openAzure(context.Context, string) (keystore.Backend, error) {
 	return nil, fmt.Errorf("%w: this keywarden was built without Azure Key Vault support (-tags noazure); use a build without that tag", keystore.ErrConfig)
 }
+
+func checkAzure(uri string) error {
+	_, err := openAzure(context.Background(), uri)
+	return err
+}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/keywarden/keywarden/keystore"
@@ -34,32 +35,78 @@ var URIForms = strings.Join([]string{
 	schemeVault + "://<host>:<port>/<mount>/keys/<name>",
 }, ", ")
 
+// A scheme is one URI scheme Open accepts: how to open a backend from such
+// a URI, and how to check the URI's form without opening anything.
+type scheme struct {
+	open  func(context.Context, string) (keystore.Backend, error)
+	check func(string) error
+}
+
+// schemes is the switch from URI scheme to backend. Every scheme is here
+// whether or not this build has its backend: a left-out one opens with an
+// error naming the build tag.
+var schemes = map[string]scheme{
+	"file": {
+		open: func(_ context.Context, uri string) (keystore.Backend, error) {
+			p, err := FilePath(uri)
+			if err != nil {
+				return nil, err
+			}
+			return file.Open(p)
+		},
+		check: func(uri string) error { _, err := FilePath(uri); return err },
+	},
+	"pkcs11":      {openPKCS11, checkPKCS11},
+	schemeAwskms:  {openAWS, checkAWS},
+	schemeGcpkms:  {openGCP, checkGCP},
+	schemeAzurekv: {openAzure, checkAzure},
+	schemeVault:   {openVault, checkVault},
+}
+
+// Schemes returns every URI scheme Open accepts, sorted, including those
+// of backends this build leaves out.
+func Schemes() []string {
+	out := make([]string, 0, len(schemes))
+	for s := range schemes {
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func lookup(uri string) (scheme, error) {
+	name, _, ok := strings.Cut(uri, ":")
+	if !ok {
+		return scheme{}, fmt.Errorf("%w: keystore URI %q has no scheme (want file://, pkcs11:, ...)", keystore.ErrConfig, uri)
+	}
+	s, ok := schemes[name]
+	if !ok {
+		return scheme{}, fmt.Errorf("%w: unknown keystore scheme %q", keystore.ErrConfig, name)
+	}
+	return s, nil
+}
+
 // Open opens the backend that uri names, e.g. file:///etc/keywarden/keyset.json.
 func Open(ctx context.Context, uri string) (keystore.Backend, error) {
-	scheme, _, ok := strings.Cut(uri, ":")
-	if !ok {
-		return nil, fmt.Errorf("%w: keystore URI %q has no scheme (want file://, pkcs11:, ...)", keystore.ErrConfig, uri)
+	s, err := lookup(uri)
+	if err != nil {
+		return nil, err
 	}
-	switch scheme {
-	case "file":
-		p, err := FilePath(uri)
-		if err != nil {
-			return nil, err
-		}
-		return file.Open(p)
-	case "pkcs11":
-		return openPKCS11(ctx, uri)
-	case schemeAwskms:
-		return openAWS(ctx, uri)
-	case schemeGcpkms:
-		return openGCP(ctx, uri)
-	case schemeAzurekv:
-		return openAzure(ctx, uri)
-	case schemeVault:
-		return openVault(ctx, uri)
-	default:
-		return nil, fmt.Errorf("%w: unknown keystore scheme %q", keystore.ErrConfig, scheme)
+	return s.open(ctx, uri)
+}
+
+// CheckURI checks uri the way Open parses it, but opens nothing: no keyset
+// is read, no PKCS#11 module loaded, no client made, no credential looked
+// up, no network call. What the parsers themselves look at is still looked
+// at: a pkcs11 URI's module-path must name a file, and a Vault URI's TLS
+// files must load. A URI of a backend this build leaves out fails as Open
+// does, naming the build tag.
+func CheckURI(uri string) error {
+	s, err := lookup(uri)
+	if err != nil {
+		return err
 	}
+	return s.check(uri)
 }
 
 // Init creates a new keystore with one primary root key version, for

@@ -19,3 +19,5 @@ func openGCP(ctx context.Context, uri string) (keystore.Backend, error) {
 	}
 	return b, nil
 }
+
+func checkGCP(uri string) error { return gcpkms.CheckURI(uri) }

@@ -9,6 +9,9 @@ import (
 	"github.com/keywarden/keywarden/keystore"
 )
 
+// hasPKCS11 reports whether this build has the backend.
+const hasPKCS11 = false
+
 var errNoPKCS11 = fmt.Errorf("%w: this build has no PKCS#11 support (built with -tags nopkcs11); use a keywarden binary built with cgo and without that tag", keystore.ErrConfig)
 
 func openPKCS11(context.Context, string) (keystore.Backend, error) {
@@ -18,3 +21,5 @@ func openPKCS11(context.Context, string) (keystore.Backend, error) {
 func initPKCS11(context.Context, string) (keystore.KeyVersion, error) {
 	return keystore.KeyVersion{}, errNoPKCS11
 }
+
+func checkPKCS11(string) error { return errNoPKCS11 }

@@ -19,3 +19,5 @@ func openVault(ctx context.Context, uri string) (keystore.Backend, error) {
 	}
 	return b, nil
 }
+
+func checkVault(uri string) error { return vault.CheckURI(uri) }

@@ -15,3 +15,8 @@ const hasVault = false
 func openVault(context.Context, string) (keystore.Backend, error) {
 	return nil, fmt.Errorf("%w: this keywarden was built without Vault/OpenBao Transit support (-tags novault); use a build without that tag", keystore.ErrConfig)
 }
+
+func checkVault(uri string) error {
+	_, err := openVault(context.Background(), uri)
+	return err
+}

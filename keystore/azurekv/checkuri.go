@@ -1,0 +1,9 @@
+package azurekv
+
+// CheckURI reports whether uri is a well-formed azure-kv:// URI, parsing it
+// exactly as Open does but opening nothing: no client, no credentials, no
+// network.
+func CheckURI(uri string) error {
+	_, err := parseURI(uri)
+	return err
+}
