@@ -92,6 +92,7 @@ type Service struct {
 	health    atomic.Pointer[health]
 	lastOK    atomic.Int64 // unix nanos of the last successful check
 	savedUses atomic.Uint64
+	rootSeen  atomic.Pointer[rootSeen] // the current root version and when it was first seen
 
 	afterMiss func() // tests only: runs between a cache miss and its flight
 }
@@ -107,6 +108,13 @@ type kek struct {
 	aad         []byte // envelope.AAD(rootKeyID, annotation), fixed per KEK
 	created     time.Time
 	uses        atomic.Uint64
+}
+
+// rootSeen is when this keywarden first saw a root key version as the
+// current one, here or (through the state file) in an earlier run.
+type rootSeen struct {
+	keyID string
+	at    time.Time
 }
 
 // refusal is a keystore's lasting "no" to one wrapped KEK.
@@ -438,7 +446,12 @@ func (s *Service) install(k *kek, reason string) {
 	s.cfg.Metrics.SetCacheSize(s.cache.Len())
 	s.cfg.Metrics.KEKGenerated(reason, k.created)
 	s.cfg.Metrics.SetKEKUses(k.uses.Load())
-	s.cfg.Metrics.SetRootKey(s.backend, k.rootKeyID)
+	seen := s.rootSeen.Load()
+	if seen == nil || seen.keyID != k.rootKeyID {
+		seen = &rootSeen{keyID: k.rootKeyID, at: s.cfg.Now()}
+		s.rootSeen.Store(seen)
+	}
+	s.cfg.Metrics.SetRootKey(s.backend, k.rootKeyID, seen.at)
 	s.log.Info("new local KEK in use", "reason", reason, "root_key_id", k.rootKeyID, "created", k.created.UTC().Format(time.RFC3339))
 }
 

@@ -19,6 +19,13 @@ type stateV1 struct {
 	Annotation []byte    `json:"annotation"`
 	Created    time.Time `json:"created"`
 	Uses       uint64    `json:"uses"`
+	// RootFirstSeen is when this keywarden first saw the root key version
+	// that wraps Annotation's KEK as the current one: what
+	// keywarden_root_key_first_seen_timestamp_seconds exports. It is not the
+	// version's creation time, which not every keystore tells. Files written
+	// before it existed lack it (the time is then restarted at adoption);
+	// earlier keywardens ignore it.
+	RootFirstSeen time.Time `json:"root_first_seen,omitzero"`
 }
 
 const maxStateSize = 64 << 10
@@ -36,6 +43,11 @@ func (s *Service) adoptState(ctx context.Context, rootKeyID string) bool {
 	if err != nil || len(b) > maxStateSize {
 		s.log.Warn("ignoring unreadable state file", "path", s.cfg.StateFile, "error", err)
 		return false
+	}
+	// Even a KEK past its bounds carries when its root version was first
+	// seen: keep that for the root key version that is still current.
+	if at, ok := rootFirstSeen(b, rootKeyID, s.cfg.Now()); ok {
+		s.rootSeen.Store(&rootSeen{keyID: rootKeyID, at: at})
 	}
 	st, ct, err := decodeState(b, rootKeyID, s.cfg.Now(), s.cfg.KEKMaxUses, s.cfg.KEKMaxAge)
 	if errors.Is(err, errMalformedState) {
@@ -80,6 +92,20 @@ func decodeState(b []byte, rootKeyID string, now time.Time, maxUses uint64, maxA
 	return st, ct, nil
 }
 
+// rootFirstSeen returns the state file's RootFirstSeen if its KEK is wrapped
+// under rootKeyID and the time is set and not after now (a clock that
+// jumped back, or a hand-edited file, must not make a key look older).
+func rootFirstSeen(b []byte, rootKeyID string, now time.Time) (time.Time, bool) {
+	var st stateV1
+	if err := json.Unmarshal(b, &st); err != nil || st.Version != 1 || st.RootFirstSeen.IsZero() || st.RootFirstSeen.After(now) {
+		return time.Time{}, false
+	}
+	if id, _, err := envelope.DecodeKEK(st.Annotation); err != nil || id != rootKeyID {
+		return time.Time{}, false
+	}
+	return st.RootFirstSeen, true
+}
+
 // saveState records k. Failing to save costs only an extra KEK at the next
 // start, so it is logged, not returned.
 func (s *Service) saveState(k *kek) {
@@ -87,7 +113,11 @@ func (s *Service) saveState(k *kek) {
 		return
 	}
 	uses := k.uses.Load()
-	b, err := json.Marshal(stateV1{Version: 1, Annotation: k.annotation, Created: k.created, Uses: uses})
+	st := stateV1{Version: 1, Annotation: k.annotation, Created: k.created, Uses: uses}
+	if seen := s.rootSeen.Load(); seen != nil && seen.keyID == k.rootKeyID {
+		st.RootFirstSeen = seen.at
+	}
+	b, err := json.Marshal(st)
 	if err == nil {
 		err = atomicfile.Write(s.cfg.StateFile, b, 0o600)
 	}

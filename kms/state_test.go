@@ -2,6 +2,7 @@ package kms
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -151,5 +152,169 @@ func TestStateFileHostile(t *testing.T) {
 				t.Fatalf("malformed-state warning logged: %v, want %v", logged, tc.malformed)
 			}
 		})
+	}
+}
+
+// firstSeen returns the exported keywarden_root_key_first_seen_timestamp_seconds
+// series: its key_id_hash and value. It fails unless there is exactly one.
+func firstSeen(t *testing.T, s *Service) (string, float64) {
+	t.Helper()
+	mfs, err := s.cfg.Metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "keywarden_root_key_first_seen_timestamp_seconds" {
+			continue
+		}
+		if len(mf.GetMetric()) != 1 {
+			t.Fatalf("%d first-seen series, want 1", len(mf.GetMetric()))
+		}
+		m := mf.GetMetric()[0]
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "key_id_hash" {
+				return l.GetValue(), m.GetGauge().GetValue()
+			}
+		}
+		t.Fatal("first-seen series without key_id_hash")
+	}
+	t.Fatal("keywarden_root_key_first_seen_timestamp_seconds not exported")
+	return "", 0
+}
+
+// stateRootFirstSeen reads root_first_seen from the state file.
+func stateRootFirstSeen(t *testing.T, path string) time.Time {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st stateV1
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.RootFirstSeen
+}
+
+// The root key's first-seen time survives restarts through the state file,
+// also when the saved KEK itself is past its bounds, and starts again only
+// when the root key version changes or nothing was saved.
+func TestRootKeyFirstSeen(t *testing.T) {
+	e := newEnv(t)
+	state := filepath.Join(t.TempDir(), "state.json")
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	now := t0
+	start := func(stateFile string) *Service {
+		return e.service(func(c *Config) {
+			c.StateFile = stateFile
+			c.Now = func() time.Time { return now }
+		})
+	}
+	ctx := context.Background()
+
+	s1 := start(state)
+	h1, v := firstSeen(t, s1)
+	if v != float64(t0.Unix()) {
+		t.Fatalf("first start: first seen %v, want %v", v, t0.Unix())
+	}
+	if got := stateRootFirstSeen(t, state); !got.Equal(t0) {
+		t.Fatalf("state file root_first_seen %v, want %v", got, t0)
+	}
+
+	// A restart ten days later adopts the KEK and keeps the time.
+	now = t0.Add(10 * 24 * time.Hour)
+	s2 := start(state)
+	if h, v := firstSeen(t, s2); h != h1 || v != float64(t0.Unix()) {
+		t.Fatalf("restart: first seen %s %v, want %s %v", h, v, h1, t0.Unix())
+	}
+
+	// Past the KEK's max age a restart mints a new KEK under the same root
+	// version: the time is still the first one, and saved again.
+	now = t0.Add(DefaultKEKMaxAge + 30*24*time.Hour)
+	wraps := e.spy.Wraps.Load()
+	s3 := start(state)
+	if e.spy.Wraps.Load() == wraps {
+		t.Fatal("a spent state KEK was adopted; the test does not cover what it says")
+	}
+	if h, v := firstSeen(t, s3); h != h1 || v != float64(t0.Unix()) {
+		t.Fatalf("new KEK, same root: first seen %s %v, want %s %v", h, v, h1, t0.Unix())
+	}
+	if got := stateRootFirstSeen(t, state); !got.Equal(t0) {
+		t.Fatalf("state file root_first_seen after a new KEK %v, want %v", got, t0)
+	}
+
+	// A root rotation noticed by the running plugin starts the time anew.
+	e.rotate()
+	now = now.Add(time.Hour)
+	rotated := now
+	s3.Check(ctx)
+	h2, v := firstSeen(t, s3)
+	if h2 == h1 || v != float64(rotated.Unix()) {
+		t.Fatalf("after rotation: first seen %s %v, want a new hash at %v", h2, v, rotated.Unix())
+	}
+	if got := stateRootFirstSeen(t, state); !got.Equal(rotated) {
+		t.Fatalf("state file root_first_seen after rotation %v, want %v", got, rotated)
+	}
+	now = now.Add(24 * time.Hour)
+	if h, v := firstSeen(t, start(state)); h != h2 || v != float64(rotated.Unix()) {
+		t.Fatalf("restart after rotation: first seen %s %v, want %s %v", h, v, h2, rotated.Unix())
+	}
+
+	// A time after now in the file (clock set back, hand edit) is not
+	// believed, and without a state file every start is a first sight.
+	b, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st stateV1
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	st.RootFirstSeen = now.Add(time.Hour)
+	if b, err = json.Marshal(st); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(state, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, v := firstSeen(t, start(state)); v != float64(now.Unix()) {
+		t.Fatalf("future root_first_seen: first seen %v, want now %v", v, now.Unix())
+	}
+	if _, v := firstSeen(t, start("")); v != float64(now.Unix()) {
+		t.Fatalf("no state file: first seen %v, want now %v", v, now.Unix())
+	}
+}
+
+func TestRootFirstSeenDecode(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	ann, err := envelope.EncodeKEK("tink:1:00000001", bytes.Repeat([]byte{9}, 60))
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc := func(st stateV1) []byte {
+		b, err := json.Marshal(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	seen := now.Add(-100 * 24 * time.Hour)
+	for _, c := range []struct {
+		name string
+		b    []byte
+		root string
+		ok   bool
+	}{
+		{"set", enc(stateV1{Version: 1, Annotation: ann, RootFirstSeen: seen}), "tink:1:00000001", true},
+		{"other root", enc(stateV1{Version: 1, Annotation: ann, RootFirstSeen: seen}), "tink:1:00000002", false},
+		{"absent (older file)", enc(stateV1{Version: 1, Annotation: ann}), "tink:1:00000001", false},
+		{"future", enc(stateV1{Version: 1, Annotation: ann, RootFirstSeen: now.Add(time.Second)}), "tink:1:00000001", false},
+		{"version 2", enc(stateV1{Version: 2, Annotation: ann, RootFirstSeen: seen}), "tink:1:00000001", false},
+		{"garbage", []byte("{"), "tink:1:00000001", false},
+	} {
+		at, ok := rootFirstSeen(c.b, c.root, now)
+		if ok != c.ok || (ok && !at.Equal(seen)) {
+			t.Errorf("%s: rootFirstSeen = %v, %v; want ok=%v", c.name, at, ok, c.ok)
+		}
 	}
 }

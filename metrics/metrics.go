@@ -36,6 +36,7 @@ type Metrics struct {
 	kekUses         prometheus.Gauge
 	kekAge          prometheus.Gauge
 	rootKeyInfo     *prometheus.GaugeVec
+	rootKeySeen     *prometheus.GaugeVec
 	lastCheck       prometheus.Gauge
 	healthy         prometheus.Gauge
 	keystoreUp      prometheus.Gauge
@@ -43,8 +44,9 @@ type Metrics struct {
 
 	rpc *rpcMetrics
 
-	mu      sync.Mutex
-	rootKey [2]string // backend, hash currently exported
+	mu       sync.Mutex
+	rootKey  [2]string // backend, hash currently exported
+	rootSeen time.Time // and when that version was first seen
 }
 
 // New registers every collector, plus the Go and process collectors, on a
@@ -86,6 +88,10 @@ func New() *Metrics {
 			Namespace: Namespace, Subsystem: "root_key", Name: "info",
 			Help: "The current root key version: key_id_hash is the first 16 hex digits of SHA-256(key_id), as kube-apiserver hashes it.",
 		}, []string{"backend", "key_id_hash"}),
+		rootKeySeen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "root_key", Name: "first_seen_timestamp_seconds",
+			Help: "When this keywarden first saw the current root key version as current (Unix seconds), kept across restarts in --state-file. Not the version's creation time. Labels as keywarden_root_key_info.",
+		}, []string{"backend", "key_id_hash"}),
 		lastCheck: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: Namespace, Subsystem: "keystore", Name: "last_success_timestamp_seconds",
 			Help: "When the keystore last answered a health check (Unix seconds).",
@@ -105,7 +111,7 @@ func New() *Metrics {
 	}
 	m.Registry.MustRegister(
 		m.rpc.started, m.rpc.handled, m.rpc.seconds, m.keystoreSeconds, m.cacheHits, m.cacheMisses, m.cacheSize,
-		m.kekGenerations, m.kekUses, m.kekAge, m.rootKeyInfo, m.lastCheck, m.healthy, m.keystoreUp, m.buildInfo,
+		m.kekGenerations, m.kekUses, m.kekAge, m.rootKeyInfo, m.rootKeySeen, m.lastCheck, m.healthy, m.keystoreUp, m.buildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -175,20 +181,25 @@ func (m *Metrics) SetKEKUses(n uint64) {
 	}
 }
 
-// SetRootKey exports the current root key version as a hashed label.
-func (m *Metrics) SetRootKey(backend, keyID string) {
+// SetRootKey exports the current root key version as a hashed label, and
+// when this keywarden first saw it as current. A new version replaces the
+// previous one's series.
+func (m *Metrics) SetRootKey(backend, keyID string, firstSeen time.Time) {
 	if m == nil {
 		return
 	}
 	h := HashKeyID(keyID)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.rootKey == [2]string{backend, h} {
+	if m.rootKey == [2]string{backend, h} && m.rootSeen.Equal(firstSeen) {
 		return
 	}
 	m.rootKeyInfo.Reset()
 	m.rootKeyInfo.WithLabelValues(backend, h).Set(1)
+	m.rootKeySeen.Reset()
+	m.rootKeySeen.WithLabelValues(backend, h).Set(float64(firstSeen.Unix()))
 	m.rootKey = [2]string{backend, h}
+	m.rootSeen = firstSeen
 }
 
 // SetHealth records the outcome of a health check.

@@ -48,8 +48,8 @@ func TestRecordedMetrics(t *testing.T) {
 	m.CacheMiss()
 	m.SetCacheSize(2)
 	m.KEKGenerated("root_rotation", time.Unix(1700000000, 0))
-	m.SetRootKey("file", "tink:1:aa")
-	m.SetRootKey("file", "tink:2:bb") // replaces, never accumulates
+	m.SetRootKey("file", "tink:1:aa", time.Unix(1600000000, 0))
+	m.SetRootKey("file", "tink:2:bb", time.Unix(1700000050, 0)) // replaces, never accumulates
 	m.SetHealth(true, false, time.Unix(1700000100, 0))
 	_, body := get(t, Handler(m, func() (bool, string) { return true, "ok" }), "/metrics")
 	for _, want := range []string{
@@ -62,6 +62,7 @@ func TestRecordedMetrics(t *testing.T) {
 		`keywarden_kek_generations_total{reason="startup"} 0`,
 		`keywarden_kek_created_timestamp_seconds 1.7e+09`,
 		`keywarden_root_key_info{backend="file",key_id_hash="` + HashKeyID("tink:2:bb") + `"} 1`,
+		`keywarden_root_key_first_seen_timestamp_seconds{backend="file",key_id_hash="` + HashKeyID("tink:2:bb") + `"} 1.70000005e+09`,
 		`keywarden_healthy 1`,
 		`keywarden_keystore_up 0`,
 		`keywarden_keystore_last_success_timestamp_seconds 1.7000001e+09`,
@@ -70,7 +71,7 @@ func TestRecordedMetrics(t *testing.T) {
 			t.Errorf("missing %s", want)
 		}
 	}
-	if strings.Contains(body, HashKeyID("tink:1:aa")) {
+	if strings.Contains(body, HashKeyID("tink:1:aa")) || strings.Contains(body, "1.6e+09") {
 		t.Error("old root key still exported")
 	}
 	if strings.Contains(body, "tink:2:bb") {
@@ -90,7 +91,7 @@ func TestNilMetricsIsSafe(t *testing.T) {
 	m.SetCacheSize(1)
 	m.KEKGenerated("startup", time.Now())
 	m.SetKEKUses(1)
-	m.SetRootKey("a", "b")
+	m.SetRootKey("a", "b", time.Now())
 	m.SetHealth(true, true, time.Now())
 	if code, _ := get(t, Handler(nil, func() (bool, string) { return true, "ok" }), "/readyz"); code != 200 {
 		t.Fatal("handler without metrics broken")
