@@ -46,7 +46,8 @@ func (s *Service) adoptState(ctx context.Context, rootKeyID string) bool {
 	}
 	// Even a KEK past its bounds carries when its root version was first
 	// seen: keep that for the root key version that is still current.
-	if at, ok := rootFirstSeen(b, rootKeyID, s.cfg.Now()); ok {
+	at, seen := rootFirstSeen(b, rootKeyID, s.cfg.Now())
+	if seen {
 		s.rootSeen.Store(&rootSeen{keyID: rootKeyID, at: at})
 	}
 	st, ct, err := decodeState(b, rootKeyID, s.cfg.Now(), s.cfg.KEKMaxUses, s.cfg.KEKMaxAge)
@@ -63,6 +64,12 @@ func (s *Service) adoptState(ctx context.Context, rootKeyID string) bool {
 	}
 	k.uses.Store(st.Uses)
 	s.install(k, "state")
+	if !seen {
+		// A file from before root_first_seen (or with one not believed):
+		// record the time install chose now, not at the next Encrypt, so a
+		// restart before then does not start the clock again.
+		s.saveState(k)
+	}
 	return true
 }
 

@@ -280,6 +280,31 @@ func TestRootKeyFirstSeen(t *testing.T) {
 	if _, v := firstSeen(t, start(state)); v != float64(now.Unix()) {
 		t.Fatalf("future root_first_seen: first seen %v, want now %v", v, now.Unix())
 	}
+
+	// A state file from before root_first_seen is adopted, and the time
+	// chosen then is saved at once: a restart before any Encrypt keeps it.
+	st.RootFirstSeen = time.Time{}
+	if b, err = json.Marshal(st); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(state, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	upgraded := now
+	wraps = e.spy.Wraps.Load()
+	if _, v := firstSeen(t, start(state)); v != float64(upgraded.Unix()) {
+		t.Fatalf("old state file: first seen %v, want now %v", v, upgraded.Unix())
+	}
+	if e.spy.Wraps.Load() != wraps {
+		t.Fatal("the old-format state file's KEK was not adopted; the test does not cover what it says")
+	}
+	if got := stateRootFirstSeen(t, state); !got.Equal(upgraded) {
+		t.Fatalf("old state file: root_first_seen saved as %v, want %v", got, upgraded)
+	}
+	now = now.Add(time.Hour)
+	if _, v := firstSeen(t, start(state)); v != float64(upgraded.Unix()) {
+		t.Fatalf("restart after an old state file: first seen %v, want %v", v, upgraded.Unix())
+	}
 	if _, v := firstSeen(t, start("")); v != float64(now.Unix()) {
 		t.Fatalf("no state file: first seen %v, want now %v", v, now.Unix())
 	}
