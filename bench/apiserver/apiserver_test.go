@@ -5,6 +5,7 @@ package apiserver
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -171,17 +172,18 @@ func fastClient(t *testing.T, a *cluster.APIServer) *kubernetes.Clientset {
 }
 
 // TestAPIServerThroughput creates, gets and lists Secrets of 1 KiB through
-// six kube-apiservers that differ only in their encryption provider
+// seven kube-apiservers that differ only in their encryption provider
 // (identity, aesgcm, aescbc, secretbox, KMS v2 → the no-op floor plugin,
-// KMS v2 → keywarden), all on one etcd (each under its own prefix), in
+// KMS v2 → keywarden, and KMS v2 → a second floor plugin as an A/A
+// control), all on one etcd (each under its own prefix), in
 // cycles that rotate the order of the providers. Figures are medians over
 // cycles; ratios are medians of per-cycle ratios.
 //
 // KWBENCH_OBJECTS (default 3000) Secrets per provider, concurrency and
-// cycle; KWBENCH_CYCLES (default 3) cycles.
+// cycle; KWBENCH_CYCLES (default 5) cycles.
 func TestAPIServerThroughput(t *testing.T) {
 	n := envInt(t, "KWBENCH_OBJECTS", 3000)
-	cycles := envInt(t, "KWBENCH_CYCLES", 3)
+	cycles := envInt(t, "KWBENCH_CYCLES", 5)
 	concs := []int{16, 64}
 	out := outDir(t, "apiserver")
 	start := time.Now()
@@ -190,6 +192,9 @@ func TestAPIServerThroughput(t *testing.T) {
 	etcd := cluster.StartEtcd(t, tools, cluster.EtcdOptions{})
 	kw := cluster.StartKeywarden(t, tools, cluster.KeywardenOptions{Keyset: cluster.NewKeyset(t, tools), CheckInterval: 5 * time.Second})
 	fl := newPlugin(t, "floor", filepath.Join(bins, "kwfloor"))
+	// fl2 serves kms-floor-2, an A/A control: a second apiserver and floor
+	// plugin identical to kms-floor, whose ratio to it is the run's noise.
+	fl2 := newPlugin(t, "floor-2", filepath.Join(bins, "kwfloor"))
 
 	type target struct {
 		name      string
@@ -207,13 +212,17 @@ func TestAPIServerThroughput(t *testing.T) {
 		{name: "secretbox", providers: []cluster.Provider{cluster.Secretbox("k1", key32(t)), cluster.Identity()}},
 		{name: "kms-floor", providers: []cluster.Provider{cluster.KMSv2("floor", fl.endpoint()), cluster.Identity()}, plugin: func() int { return fl.p.PID() }},
 		{name: "kms-keywarden", providers: []cluster.Provider{cluster.KMSv2("keywarden", kw.Socket), cluster.Identity()}, plugin: kw.Pid},
+		{name: "kms-floor-2", providers: []cluster.Provider{cluster.KMSv2("floor", fl2.endpoint()), cluster.Identity()}, plugin: func() int { return fl2.p.PID() }},
 	}
 	names := make([]string, len(targets))
 	for i, tg := range targets {
 		names[i] = tg.name
 		tg.a = cluster.StartAPIServer(t, tools, cluster.APIServerOptions{
 			EtcdServers: etcd.Endpoints, Providers: tg.providers, Resources: []string{"secrets"},
-			ExtraArgs: []string{"--etcd-prefix=/kwbench-" + tg.name},
+			// No periodic compaction: seven apiservers would each compact
+			// the shared etcd every 5 minutes, inside measured phases;
+			// the test compacts between phases instead.
+			ExtraArgs: []string{"--etcd-prefix=/kwbench-" + tg.name, "--etcd-compaction-interval=0"},
 		})
 		tg.c = fastClient(t, tg.a)
 	}
@@ -250,9 +259,39 @@ func TestAPIServerThroughput(t *testing.T) {
 		return m.Counts()
 	}
 	kw0 := kwCounts()
+	// compact makes etcd drop the history the last phase left (Secrets and
+	// their tombstones) between phases, so that no apiserver's periodic
+	// compaction (switched off above) lands inside a measured phase.
+	compact := func() {
+		out, err := etcd.Etcdctl(ctx, "endpoint", "status", "-w", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st []struct {
+			Status struct {
+				Header struct {
+					Revision int64 `json:"revision"`
+				} `json:"header"`
+			} `json:"Status"`
+		}
+		if err := json.Unmarshal(out, &st); err != nil || len(st) == 0 {
+			t.Fatalf("etcdctl endpoint status: %v: %s", err, out)
+		}
+		if _, err := etcd.Etcdctl(ctx, "compact", "--physical", strconv.FormatInt(st[0].Status.Header.Revision, 10)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := etcd.Etcdctl(ctx, "defrag"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// Cycle -1 is an unrecorded warm-up (caches, connections, JIT of the
-	// apiservers' first requests) with fewer objects.
+	// apiservers' first requests) with fewer objects. Within a cycle the
+	// providers take turns per operation (every provider creates, then every
+	// provider gets, then lists), so that two providers compared are measured
+	// seconds apart, not minutes; the order rotates every cycle and
+	// concurrency.
 	warm := min(n, 300)
+	name := func(i int) string { return fmt.Sprintf("s-%05d", i) }
 	for cycle := -1; cycle < cycles; cycle++ {
 		n := n
 		record := func(target, op string, conc, cycle int, s bench.Sample) {
@@ -263,15 +302,17 @@ func TestAPIServerThroughput(t *testing.T) {
 		if cycle < 0 {
 			n = warm
 		}
-		for k := range targets {
-			tg := targets[(k+max(cycle, 0))%len(targets)]
-			for _, conc := range concs {
-				ns := fmt.Sprintf("bench-%d-%d", cycle+1, conc)
-				if _, err := tg.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		for ci, conc := range concs {
+			ns := fmt.Sprintf("bench-%d-%d", cycle+1, conc)
+			order := make([]*target, len(targets))
+			for k := range targets {
+				order[k] = targets[(k+max(cycle, 0)*len(concs)+ci)%len(targets)]
+				if _, err := order[k].c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 					t.Fatal(err)
 				}
+			}
+			for _, tg := range order {
 				secrets := tg.c.CoreV1().Secrets(ns)
-				name := func(i int) string { return fmt.Sprintf("s-%05d", i) }
 				s := measure(tg, bench.Load{Concurrency: conc, Ops: n}, func(ctx context.Context, _, i int) error {
 					_, err := secrets.Create(ctx, &corev1.Secret{
 						ObjectMeta: metav1.ObjectMeta{Name: name(i)},
@@ -280,13 +321,19 @@ func TestAPIServerThroughput(t *testing.T) {
 					return err
 				})
 				record(tg.name, "create", conc, cycle, s)
-				s = measure(tg, bench.Load{Concurrency: conc, Ops: n}, func(ctx context.Context, _, i int) error {
+			}
+			for _, tg := range order {
+				secrets := tg.c.CoreV1().Secrets(ns)
+				s := measure(tg, bench.Load{Concurrency: conc, Ops: n}, func(ctx context.Context, _, i int) error {
 					_, err := secrets.Get(ctx, name((i*7919)%n), metav1.GetOptions{})
 					return err
 				})
 				record(tg.name, "get", conc, cycle, s)
+			}
+			for _, tg := range order {
+				secrets := tg.c.CoreV1().Secrets(ns)
 				// LISTs of the whole namespace, conc at once, one per caller.
-				s = measure(tg, bench.Load{Concurrency: conc, Ops: conc}, func(ctx context.Context, _, _ int) error {
+				s := measure(tg, bench.Load{Concurrency: conc, Ops: conc}, func(ctx context.Context, _, _ int) error {
 					l, err := secrets.List(ctx, metav1.ListOptions{})
 					if err == nil && len(l.Items) != n {
 						err = fmt.Errorf("list returned %d secrets, want %d", len(l.Items), n)
@@ -294,10 +341,13 @@ func TestAPIServerThroughput(t *testing.T) {
 					return err
 				})
 				record(tg.name, "list", conc, cycle, s)
-				if err := secrets.DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+			}
+			for _, tg := range order {
+				if err := tg.c.CoreV1().Secrets(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
 					t.Fatal(err)
 				}
 			}
+			compact()
 		}
 	}
 	kw1 := kwCounts()
@@ -311,7 +361,7 @@ func TestAPIServerThroughput(t *testing.T) {
 		Meta: meta(start, fmt.Sprintf("KWBENCH_OBJECTS=%d KWBENCH_CYCLES=%d go test -tags e2e -run '^TestAPIServerThroughput$' -v -timeout 60m ./bench/apiserver", n, cycles)),
 	}
 	r.Meta.Notes = append(r.Meta.Notes,
-		fmt.Sprintf("Six kube-apiservers (%s), one etcd; each cycle runs create (%d Secrets of 1 KiB), get (%d) and list (%s LISTs of the namespace) at each concurrency, provider order rotating each cycle, after one unrecorded warm-up cycle of %d Secrets.", tools.KubeAPIServer, n, n, "one per caller", warm),
+		fmt.Sprintf("Seven kube-apiservers (%s), one etcd (kms-floor-2 is an A/A control: a second apiserver and floor plugin identical to kms-floor); each cycle runs create (%d Secrets of 1 KiB), get (%d) and list (%s LISTs of the namespace) at each concurrency, the providers taking turns per operation in an order that rotates every cycle and concurrency, after one unrecorded warm-up cycle of %d Secrets. The apiservers' periodic etcd compaction is off; the test compacts and defragments etcd between concurrencies, outside the measured phases.", tools.KubeAPIServer, n, n, "one per caller", warm),
 		"'calls/s' is requests per second; list figures are whole-namespace LISTs. Server CPU is the kube-apiserver's plus, for KMS, its plugin's; client CPU is this test process's (client-go).",
 		fmt.Sprintf("During all the cycles keywarden answered %.0f Encrypt and %.0f Decrypt RPCs and made %.0f keystore calls: kube-apiserver caches its DEK seed, so Secret traffic does not reach the plugin.",
 			r.Extra["keywarden_encrypt_rpcs"], r.Extra["keywarden_decrypt_rpcs"], r.Extra["keywarden_keystore_calls"]))
@@ -339,6 +389,13 @@ func TestAPIServerThroughput(t *testing.T) {
 			cmp := r.Comparison("kms-keywarden", "kms-floor", op, c)
 			r.Checks = append(r.Checks, bench.NewCheck(fmt.Sprintf("apiserver %s CPU-bound throughput (from CPU per request), keywarden / floor plugin, concurrency %d", op, c),
 				cmp.BoundRatio, ">=", 0.97, "×", "per-cycle: "+fmtRatios(cmp.BoundRatios)))
+		}
+	}
+	for _, op := range []string{"create", "get"} {
+		for _, c := range concs {
+			cmp := r.Comparison("kms-floor-2", "kms-floor", op, c)
+			r.Checks = append(r.Checks, bench.NewCheck(fmt.Sprintf("(A/A control, not a target) apiserver %s throughput, second floor plugin / floor plugin, concurrency %d", op, c),
+				cmp.TputRatio, ">=", 0, "×", "the noise of this run; per-cycle: "+fmtRatios(cmp.TputRatios)))
 		}
 	}
 	for _, c := range concs {

@@ -32,13 +32,15 @@ import (
 //
 // KWBENCH_SEEDS (default 50) seeds; the plugin restarts every
 // KWBENCH_SEEDS_PER_KEK (default 10) of them, so keywarden's ciphertexts
-// span seeds/per-KEK local KEKs; KWBENCH_COLD_ROUNDS (default 3) rounds.
+// span seeds/per-KEK local KEKs; KWBENCH_SECRETS_PER_SEED (default 5)
+// Secrets are written under each seed; KWBENCH_COLD_ROUNDS (default 3)
+// rounds.
 func TestAPIServerColdStart(t *testing.T) {
 	seeds := envInt(t, "KWBENCH_SEEDS", 50)
 	perKEK := envInt(t, "KWBENCH_SEEDS_PER_KEK", 10)
 	rounds := envInt(t, "KWBENCH_COLD_ROUNDS", 3)
 	const delay = 20 * time.Millisecond
-	const perSeed = 5 // Secrets written under each seed
+	perSeed := envInt(t, "KWBENCH_SECRETS_PER_SEED", 5) // Secrets written under each seed
 	out := outDir(t, "coldstart")
 	start := time.Now()
 	tools := cluster.MustTools(t)
@@ -187,7 +189,7 @@ func TestAPIServerColdStart(t *testing.T) {
 	}
 
 	rep := &bench.Report{Floor: "floor", Meta: meta(start, fmt.Sprintf(
-		"KWBENCH_SEEDS=%d KWBENCH_SEEDS_PER_KEK=%d KWBENCH_COLD_ROUNDS=%d go test -tags e2e -run '^TestAPIServerColdStart$' -v -timeout 60m ./bench/apiserver", seeds, perKEK, rounds))}
+		"KWBENCH_SEEDS=%d KWBENCH_SEEDS_PER_KEK=%d KWBENCH_SECRETS_PER_SEED=%d KWBENCH_COLD_ROUNDS=%d go test -tags e2e -run '^TestAPIServerColdStart$' -v -timeout 60m ./bench/apiserver", seeds, perKEK, perSeed, rounds))}
 	rep.Meta.Notes = append(rep.Meta.Notes, fmt.Sprintf(
 		"%d seeds per plugin (one per kube-apiserver start, %d Secrets each); the plugin restarted every %d seeds. keywarden-slowks' objects span %d distinct local KEKs (read from etcd). Keystore calls take %s more in kwlab.",
 		seeds, perSeed, perKEK, len(keks), delay))
