@@ -95,7 +95,7 @@ func parseFlags(args []string) (*options, error) {
 	concs := fs.String("conc", "1,4,16,64,256", "concurrencies to sweep")
 	ops := fs.String("ops", "encrypt,decrypt", "operations to sweep")
 	fs.IntVar(&o.conns, "conns", 1, "gRPC connections per target (kube-apiserver uses one)")
-	fs.IntVar(&o.rounds, "rounds", 15, "rounds of the sweep (at least 5 for published figures)")
+	fs.IntVar(&o.rounds, "rounds", 15, "rounds of the sweep (a report of fewer than 5 says it is not for publishing)")
 	fs.DurationVar(&o.duration, "duration", 300*time.Millisecond, "measured time per target, op, concurrency and round (short rounds, many of them: the targets of one round then see the same machine)")
 	fs.DurationVar(&o.warmup, "warmup", 100*time.Millisecond, "unrecorded warm-up before each measurement")
 	fs.IntVar(&o.pool, "pool", 64, "distinct seeds and ciphertexts the sweep cycles over")
@@ -741,10 +741,17 @@ func checks(o *options, stores []*rig.Keystore, r *bench.Report) []bench.Check {
 	return cs
 }
 
+// minPublishRounds is the fewest sweep rounds whose medians docs/benchmarks.md
+// may quote; a shorter run says so in its report.
+const minPublishRounds = 5
+
 func meta(start time.Time, o *options) bench.Meta {
 	m := bench.DefaultMeta(start)
 	m.Conns = o.conns
 	m.Command = strings.TrimSpace("go run ./bench/cmd/kwbench " + strings.Join(o.args, " "))
+	if o.rounds < minPublishRounds {
+		m.Notes = append(m.Notes, fmt.Sprintf("**Only %d rounds: not for publishing.** A median of per-round ratios needs at least %d rounds to mean anything on a shared machine.", o.rounds, minPublishRounds))
+	}
 	if o.slowDelay > 0 {
 		m.Notes = append(m.Notes, fmt.Sprintf("%s and %s run the benchmark-only kwlab server with %s added to every keystore call; %s calls the keystore on every request (no local KEK).",
 			slowName, perCallName, o.slowDelay, perCallName))
