@@ -391,27 +391,14 @@ func TestKmsctlMigrateSVM(t *testing.T) {
 }
 
 // startKCM runs kube-controller-manager with just the garbage collector
-// (which the migrator needs) and the storage version migrator.
+// (which the migrator needs) and the storage version migrator, as the
+// harness runs its own processes: its own process group, SIGKILLed if the
+// test binary dies, stopped with its group at cleanup.
 func startKCM(t *testing.T, bin string, a *cluster.APIServer) {
 	t.Helper()
 	dir := t.TempDir()
-	cmd := exec.Command(bin, "--kubeconfig", a.Kubeconfig, "--authentication-kubeconfig", a.Kubeconfig, "--authorization-kubeconfig", a.Kubeconfig,
+	cluster.StartProcess(t, "kube-controller-manager", filepath.Join(dir, "kcm.log"), bin,
+		"--kubeconfig", a.Kubeconfig, "--authentication-kubeconfig", a.Kubeconfig, "--authorization-kubeconfig", a.Kubeconfig,
 		"--controllers", "garbage-collector-controller,storage-version-migrator-controller", "--leader-elect=false",
 		"--secure-port", "0", "--cert-dir", dir)
-	logf, err := os.Create(filepath.Join(dir, "kcm.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("kube-controller-manager log:\n%s", b)
-		}
-	})
 }

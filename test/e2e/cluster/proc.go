@@ -63,6 +63,42 @@ func startProcEnv(name, logPath string, env []string, path string, args ...strin
 	return p, nil
 }
 
+// Process is a child process that a test starts beside the harness's own
+// (kube-controller-manager, say), handled exactly like them: see
+// StartProcess.
+type Process struct {
+	// LogPath is the file its stdout and stderr are appended to.
+	LogPath string
+	p       *proc
+}
+
+// StartProcess starts path with args the way the harness starts etcd,
+// keywarden and kube-apiserver: the child leads a new process group and
+// gets SIGKILL from the kernel if the test binary dies (Pdeathsig), its
+// output is appended to logPath, the tail of which is printed if the test
+// fails, and at cleanup the whole group gets SIGTERM, then SIGKILL after
+// 10 s, and is waited for. It fails the test if path cannot be started.
+func StartProcess(t testing.TB, name, logPath, path string, args ...string) *Process {
+	t.Helper()
+	logOnFailure(t, name, logPath)
+	p, err := startProc(name, logPath, path, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.stop(10 * time.Second) })
+	return &Process{LogPath: logPath, p: p}
+}
+
+// Pid is the child's process id (and process group id).
+func (p *Process) Pid() int { return p.p.Pid() }
+
+// Exited reports whether the child has exited.
+func (p *Process) Exited() bool { return p.p.exited() }
+
+// Stop sends SIGTERM to the group, waits up to grace, then SIGKILLs it and
+// waits for the child to be reaped.
+func (p *Process) Stop(grace time.Duration) { p.p.stop(grace) }
+
 // Pid is the child's process id (and process group id).
 func (p *proc) Pid() int { return p.cmd.Process.Pid }
 

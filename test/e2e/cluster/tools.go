@@ -53,9 +53,13 @@ func FindTools() (Tools, error) {
 
 		KubeControllerManager: filepath.Join(toolsDir, "kube-controller-manager"),
 	}
+	// Every path is checked and made absolute, so a relative
+	// KEYWARDEN_BIN_DIR or KEYWARDEN_E2E_TOOLS_DIR holds wherever a process
+	// runs.
+	all := []*string{&t.Keywarden, &t.Kmsctl, &t.Etcd, &t.Etcdctl, &t.KubeAPIServer, &t.Kubectl, &t.KubeControllerManager}
 	var errs []error
-	for _, p := range []string{t.Keywarden, t.Kmsctl, t.Etcd, t.Etcdctl, t.KubeAPIServer, t.Kubectl, t.KubeControllerManager} {
-		abs, err := filepath.Abs(p)
+	for _, p := range all {
+		abs, err := filepath.Abs(*p)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -63,12 +67,10 @@ func FindTools() (Tools, error) {
 		if fi, err := os.Stat(abs); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
 			errs = append(errs, fmt.Errorf("%s: not an executable file (run `make build e2e-tools`)", abs))
 		}
+		*p = abs
 	}
 	if err := errors.Join(errs...); err != nil {
 		return Tools{}, err
-	}
-	for _, p := range []*string{&t.Keywarden, &t.Kmsctl, &t.Etcd, &t.Etcdctl, &t.KubeAPIServer, &t.Kubectl} {
-		*p, _ = filepath.Abs(*p)
 	}
 	return t, nil
 }
