@@ -3,32 +3,42 @@
 package e2e
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/keywarden/keywarden/test/e2e/cluster"
 )
 
-// TestColdStart writes N Secrets (N = $KEYWARDEN_E2E_COLD_N, default 1000)
-// in batches separated by kube-apiserver restarts, so several DEK seeds
-// exist (and keywarden restarts once in between, its state file keeping one
-// local KEK). It then restarts keywarden (cold KEK cache) and
-// kube-apiserver, measures the time to /readyz, counts keywarden's Decrypt
-// RPCs and keystore unwraps during that start-up, and checks that every
-// object reads back. The keystore must be called at most once per distinct
-// local KEK, however many Decrypts the apiserver sends.
+// TestColdStart writes N Secrets (N = $KEYWARDEN_E2E_COLD_N, default and
+// minimum 1000) in batches separated by kube-apiserver restarts, so several
+// DEK seeds exist (and keywarden restarts once in between, its state file
+// keeping one local KEK): keywarden must have answered at least one Encrypt
+// per apiserver start, and etcd must hold the Secrets under at least as many
+// distinct encrypted seeds as there were batches. It then restarts keywarden
+// (cold KEK cache) and kube-apiserver, measures the time to /readyz, counts
+// keywarden's Decrypt RPCs and keystore unwraps during that start-up, and
+// checks that every object reads back. The keystore must be called at most
+// once per distinct local KEK, however many Decrypts the apiserver sends.
 func TestColdStart(t *testing.T) {
-	n := 1000
+	// The scenario is specified for at least 1000 objects: fewer would
+	// make the start-up burst (and the one-unwrap-per-KEK bound under it)
+	// too small to mean anything. Larger N is allowed.
+	const minN = 1000
+	n := minN
 	if s := os.Getenv("KEYWARDEN_E2E_COLD_N"); s != "" {
 		var err error
-		if n, err = strconv.Atoi(s); err != nil || n < 4 {
-			t.Fatalf("KEYWARDEN_E2E_COLD_N=%q: want an integer ≥ 4", s)
+		if n, err = strconv.Atoi(s); err != nil || n < minN {
+			t.Fatalf("KEYWARDEN_E2E_COLD_N=%q: want an integer ≥ %d (the cold start is specified for at least %d Secrets; "+
+				"unset it for the default)", s, minN, minN)
 		}
 	}
 	const batches = 4
@@ -99,6 +109,7 @@ func TestColdStart(t *testing.T) {
 	// What etcd holds: every object sealed by keywarden, and how many
 	// distinct local KEKs a cold start must unwrap.
 	keks := map[string]bool{}
+	seeds := map[string]int{} // encrypted DEK seed → cold Secrets under it
 	objects := 0
 	for _, prefix := range []string{"/registry/secrets/", "/registry/configmaps/"} {
 		kvs, err := e.List(ctx, prefix)
@@ -115,6 +126,13 @@ func TestColdStart(t *testing.T) {
 				t.Fatalf("%s: no keywarden KEK annotation (%v)", kv.Key, err)
 			}
 			keks[k.ID] = true
+			if strings.HasPrefix(kv.Key, secretKey(ns, "")) {
+				seed, err := encryptedDEKSource(kv.Value, c.Provider)
+				if err != nil {
+					t.Fatalf("%s: %v", kv.Key, err)
+				}
+				seeds[string(seed)]++
+			}
 		}
 		objects += len(kvs)
 	}
@@ -122,8 +140,20 @@ func TestColdStart(t *testing.T) {
 		name := fmt.Sprintf("s-%05d", i*n/10)
 		assertSealed(t, ctx, e, c.Provider, secretKey(ns, name), []byte(want[name]))
 	}
-	t.Logf("stored: %d objects (%d secrets) under %d seeds (Encrypt RPCs while writing) and %d local KEK(s)",
-		objects, n, int(encrypts), len(keks))
+	t.Logf("stored: %d objects (%d secrets) under %d local KEK(s); %d Encrypt RPCs (seeds made) while writing, "+
+		"the secrets under %d distinct encrypted seeds",
+		objects, n, len(keks), int(encrypts), len(seeds))
+	// Several seeds, or the cold start below proves little: each
+	// apiserver start makes a fresh seed through keywarden's Encrypt, and
+	// each batch is written with its start's seed.
+	if encrypts < batches {
+		t.Fatalf("keywarden answered %d Encrypt RPCs over %d apiserver starts, want at least one per start (%d): "+
+			"the batches were not written under separate DEK seeds", int(encrypts), batches, batches)
+	}
+	if len(seeds) < batches {
+		t.Fatalf("the %d secrets are stored under %d distinct encrypted DEK seeds, want at least %d (one per batch/apiserver start)",
+			n, len(seeds), batches)
+	}
 
 	// Two cold starts: keywarden adopting its state file (the KEK is
 	// unwrapped once at its start-up, before any Decrypt), then keywarden
@@ -218,4 +248,40 @@ func TestColdStart(t *testing.T) {
 	if len(keks) != 1 {
 		t.Errorf("%d distinct local KEKs in etcd, want 1: the state file should carry the KEK across keywarden restarts", len(keks))
 	}
+}
+
+// encryptedDEKSource returns the encryptedDEKSource (field 3) of a KMS v2
+// value's EncryptedObject: the sealed seed, the same bytes for every object
+// written with one seed.
+func encryptedDEKSource(v []byte, provider string) ([]byte, error) {
+	b, ok := bytes.CutPrefix(v, []byte(cluster.KMSv2Prefix(provider)))
+	if !ok {
+		return nil, fmt.Errorf("not a KMS v2 value of %s", provider)
+	}
+	var seed []byte
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		b = b[n:]
+		if num == 3 && typ == protowire.BytesType {
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return nil, protowire.ParseError(n)
+			}
+			seed = v
+			b = b[n:]
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		b = b[n:]
+	}
+	if len(seed) == 0 {
+		return nil, fmt.Errorf("no encryptedDEKSource")
+	}
+	return seed, nil
 }

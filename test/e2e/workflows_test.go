@@ -195,25 +195,28 @@ secretGenerator:
 	})
 
 	t.Run("patch and replace", func(t *testing.T) {
-		old := kubectlSecretValue(t, ctx, a, ns, "literals", "password")
+		// Its own Secret, so it runs (and fails) on its own.
+		user, old := unique("user"), unique("pass")
+		kubectl(t, ctx, a, "", "create", "secret", "generic", "edited", "-n", ns,
+			"--from-literal=username="+user, "--from-literal=password="+old)
+		check(t, ns, "edited", map[string][]byte{"username": []byte(user), "password": []byte(old)})
 		patched := unique("patched")
-		kubectl(t, ctx, a, "", "patch", "secret", "literals", "-n", ns, "--type=merge",
+		kubectl(t, ctx, a, "", "patch", "secret", "edited", "-n", ns, "--type=merge",
 			"-p", fmt.Sprintf(`{"data":{"password":%q}}`, base64.StdEncoding.EncodeToString([]byte(patched))))
-		user := kubectlSecretValue(t, ctx, a, ns, "literals", "username")
-		check(t, ns, "literals", map[string][]byte{"username": user, "password": []byte(patched)})
-		assertSealed(t, ctx, e, c.Provider, secretKey(ns, "literals"), old)
+		check(t, ns, "edited", map[string][]byte{"username": []byte(user), "password": []byte(patched)})
+		assertSealed(t, ctx, e, c.Provider, secretKey(ns, "edited"), []byte(old))
 
 		// An edit: get, change, replace.
 		var s map[string]any
-		if err := json.Unmarshal([]byte(kubectl(t, ctx, a, "", "get", "secret", "literals", "-n", ns, "-o", "json")), &s); err != nil {
+		if err := json.Unmarshal([]byte(kubectl(t, ctx, a, "", "get", "secret", "edited", "-n", ns, "-o", "json")), &s); err != nil {
 			t.Fatal(err)
 		}
 		replaced := unique("replaced")
 		s["data"].(map[string]any)["password"] = base64.StdEncoding.EncodeToString([]byte(replaced))
 		b, _ := json.Marshal(s)
 		kubectl(t, ctx, a, string(b), "replace", "-f", "-")
-		check(t, ns, "literals", map[string][]byte{"username": user, "password": []byte(replaced)})
-		assertSealed(t, ctx, e, c.Provider, secretKey(ns, "literals"), []byte(patched))
+		check(t, ns, "edited", map[string][]byte{"username": []byte(user), "password": []byte(replaced)})
+		assertSealed(t, ctx, e, c.Provider, secretKey(ns, "edited"), []byte(patched))
 	})
 
 	t.Run("rotate value with dry-run apply", func(t *testing.T) {
