@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/keywarden/keywarden/keystore"
+	"github.com/keywarden/keywarden/keystore/internal/remote/remotetest"
 )
 
 // FuzzParseEnvelope: the envelope comes back from etcd through the
@@ -73,14 +74,8 @@ func FuzzParseURI(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		c, err := parseURI(s)
-		if err != nil {
-			if !errors.Is(err, keystore.ErrConfig) {
-				t.Fatalf("refusal %v is not ErrConfig", err)
-			}
+		if !remotetest.ParseResult(t, s, c.Options, err) {
 			return
-		}
-		if c.Timeout <= 0 || c.KeyIDTTL < 0 {
-			t.Fatalf("%q: timeout %s, key-id-ttl %s", s, c.Timeout, c.KeyIDTTL)
 		}
 		if !nameRE.MatchString(c.name) || (c.version != "" && !versionRE.MatchString(c.version)) {
 			t.Fatalf("%q: key %q version %q", s, c.name, c.version)

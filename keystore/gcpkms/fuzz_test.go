@@ -1,11 +1,10 @@
 package gcpkms
 
 import (
-	"errors"
 	"strings"
 	"testing"
 
-	"github.com/keywarden/keywarden/keystore"
+	"github.com/keywarden/keywarden/keystore/internal/remote/remotetest"
 )
 
 // FuzzParseURI: no URI panics, every refusal is ErrConfig, and an accepted
@@ -35,14 +34,8 @@ func FuzzParseURI(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		c, err := parseURI(s)
-		if err != nil {
-			if !errors.Is(err, keystore.ErrConfig) {
-				t.Fatalf("refusal %v is not ErrConfig", err)
-			}
+		if !remotetest.ParseResult(t, s, c.Options, err) {
 			return
-		}
-		if c.Timeout <= 0 || c.KeyIDTTL < 0 {
-			t.Fatalf("%q: timeout %s, key-id-ttl %s", s, c.Timeout, c.KeyIDTTL)
 		}
 		if parts := strings.Split(c.key, "/"); len(parts) != 8 || !keyNameRE.MatchString(c.key) {
 			t.Fatalf("%q: key %q", s, c.key)
