@@ -180,7 +180,7 @@ func open(ctx context.Context, cfg config, awsCfg aws.Config) (*Backend, error) 
 }
 
 func newBackend(ctx context.Context, cfg config, c kmsAPI, now func() time.Time) (*Backend, error) {
-	b := &Backend{cfg: cfg, kms: c, retry: remote.DefaultRetry(cfg.Timeout), cur: remote.NewCache[string](cfg.KeyIDTTL, now)}
+	b := &Backend{cfg: cfg, kms: c, retry: remote.DefaultRetry(cfg.Timeout), cur: remote.NewCache[string](cfg.KeyIDTTL, remote.DefaultRetry(cfg.Timeout).FetchTimeout(), now)}
 	if err := b.cur.Prime(ctx, b.describe); err != nil {
 		return nil, err
 	}

@@ -175,7 +175,7 @@ func open(ctx context.Context, cfg config, cred azcore.TokenCredential, transpor
 }
 
 func newBackend(ctx context.Context, cfg config, c keysAPI, now func() time.Time) (*Backend, error) {
-	b := &Backend{cfg: cfg, kv: c, retry: remote.DefaultRetry(cfg.Timeout), cur: remote.NewCache[current](cfg.KeyIDTTL, now)}
+	b := &Backend{cfg: cfg, kv: c, retry: remote.DefaultRetry(cfg.Timeout), cur: remote.NewCache[current](cfg.KeyIDTTL, remote.DefaultRetry(cfg.Timeout).FetchTimeout(), now)}
 	if err := b.cur.Prime(ctx, b.resolve); err != nil {
 		return nil, err
 	}

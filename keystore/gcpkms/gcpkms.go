@@ -160,7 +160,7 @@ func open(ctx context.Context, cfg config, opts ...option.ClientOption) (*Backen
 }
 
 func newBackend(ctx context.Context, cfg config, c kmsAPI, now func() time.Time) (*Backend, error) {
-	b := &Backend{cfg: cfg, kms: c, retry: remote.DefaultRetry(cfg.Timeout), primary: remote.NewCache[string](cfg.KeyIDTTL, now)}
+	b := &Backend{cfg: cfg, kms: c, retry: remote.DefaultRetry(cfg.Timeout), primary: remote.NewCache[string](cfg.KeyIDTTL, remote.DefaultRetry(cfg.Timeout).FetchTimeout(), now)}
 	if err := b.primary.Prime(ctx, b.getPrimary); err != nil {
 		return nil, err
 	}

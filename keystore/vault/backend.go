@@ -154,7 +154,7 @@ func newBackend(cfg config, c vaultAPI, now func() time.Time) *Backend {
 		cfg:    cfg,
 		api:    c,
 		retry:  remote.DefaultRetry(cfg.Timeout),
-		meta:   remote.NewCache[*keyMeta](cfg.KeyIDTTL, now),
+		meta:   remote.NewCache[*keyMeta](cfg.KeyIDTTL, remote.DefaultRetry(cfg.Timeout).FetchTimeout(), now),
 		prefix: cfg.mount + "/keys/" + cfg.name + ":",
 		seen:   map[int]int64{},
 	}

@@ -106,6 +106,22 @@ func (r Retry) once(ctx context.Context, op func(ctx context.Context) error) err
 	return err
 }
 
+// Budget is the longest Do can take when its caller's context never ends:
+// every attempt timing out, with the longest backoff before each retry.
+func (r Retry) Budget() time.Duration {
+	attempts := max(r.Attempts, 1)
+	timeout := r.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	return time.Duration(attempts)*timeout + time.Duration(attempts-1)*max(r.Max, 0)
+}
+
+// FetchTimeout bounds a Cache's shared fetch for a backend using r: a key
+// read and the health probe's encrypt and decrypt, with a token renewal in
+// front, are at most four calls through r.
+func (r Retry) FetchTimeout() time.Duration { return 4 * r.Budget() }
+
 func (r Retry) backoff(attempt int) time.Duration {
 	d := r.Base << (attempt - 1)
 	if d <= 0 || d > r.Max {
@@ -143,10 +159,14 @@ func classified(err error) bool {
 
 // Cache holds one value fetched from the keystore (key metadata: the primary
 // version and what KeyID reports) for a TTL. Concurrent refreshes share one
-// fetch. The zero value is not usable; use NewCache.
+// fetch, which runs detached from every caller's cancellation and is bounded
+// by the cache's own timeout instead: a caller that gives up leaves the
+// others waiting on a fetch that goes on. The zero value is not usable; use
+// NewCache.
 type Cache[T any] struct {
-	ttl time.Duration
-	now func() time.Time
+	ttl     time.Duration
+	timeout time.Duration
+	now     func() time.Time
 
 	mu  sync.RWMutex
 	val T
@@ -156,13 +176,17 @@ type Cache[T any] struct {
 	sf singleflight.Group
 }
 
-// NewCache makes a cache whose values live ttl. now is injected by tests
-// (nil means time.Now).
-func NewCache[T any](ttl time.Duration, now func() time.Time) *Cache[T] {
+// NewCache makes a cache whose values live ttl and whose shared fetch may
+// take at most timeout (a Retry's FetchTimeout). now is
+// injected by tests (nil means time.Now).
+func NewCache[T any](ttl, timeout time.Duration, now func() time.Time) *Cache[T] {
 	if now == nil {
 		now = time.Now
 	}
-	return &Cache[T]{ttl: ttl, now: now}
+	if timeout <= 0 {
+		timeout = DefaultRetry(0).FetchTimeout()
+	}
+	return &Cache[T]{ttl: ttl, timeout: timeout, now: now}
 }
 
 // Peek returns the cached value, fresh or not, and whether there is one.
@@ -220,10 +244,23 @@ func (c *Cache[T]) Get(ctx context.Context, fetch func(ctx context.Context) (T, 
 	return c.Refresh(ctx, fetch)
 }
 
-// Refresh fetches now, whatever the age of the cached value.
+// Refresh fetches now, whatever the age of the cached value. The fetch is
+// shared with concurrent callers, so it runs under ctx's values but not its
+// cancellation, for at most the cache's timeout; ctx ending returns at once
+// with ctx's error and leaves the fetch to the others.
 func (c *Cache[T]) Refresh(ctx context.Context, fetch func(ctx context.Context) (T, error)) (T, error) {
+	if err := ctx.Err(); err != nil {
+		var zero T
+		return zero, err
+	}
 	ch := c.sf.DoChan("", func() (any, error) {
-		v, err := fetch(ctx)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+		defer cancel()
+		v, err := fetch(fctx)
+		if err != nil && fctx.Err() != nil {
+			// Our own bound, not any caller's: the keystore is too slow.
+			return nil, fmt.Errorf("%w: no answer within %s (%v)", keystore.ErrUnavailable, c.timeout, err)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/keywarden/keywarden/keystore"
@@ -79,7 +80,7 @@ func TestCache(t *testing.T) {
 	now := time.Unix(0, 0)
 	var mu sync.Mutex
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	c := NewCache[int](time.Minute, clock)
+	c := NewCache[int](time.Minute, time.Minute, clock)
 	var fetches atomic.Int64
 	fetch := func(context.Context) (int, error) {
 		time.Sleep(5 * time.Millisecond)
@@ -122,7 +123,7 @@ func TestCache(t *testing.T) {
 
 func TestCacheLast(t *testing.T) {
 	now := time.Unix(0, 0)
-	c := NewCache[int](time.Second, func() time.Time { return now })
+	c := NewCache[int](time.Second, time.Minute, func() time.Time { return now })
 	fetches := 0
 	fetch := func(context.Context) (int, error) { fetches++; return fetches, nil }
 	for range 2 {
@@ -151,7 +152,7 @@ func TestCachePrime(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c := NewCache[int](time.Minute, nil)
+			c := NewCache[int](time.Minute, time.Minute, nil)
 			err := c.Prime(context.Background(), func(context.Context) (int, error) { return 7, tc.err })
 			if (err != nil) != tc.wantErr || (err != nil && !errors.Is(err, tc.err)) {
 				t.Fatalf("Prime = %v, want error %v", err, tc.wantErr)
@@ -161,4 +162,71 @@ func TestCachePrime(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCacheRefreshDetached: the fetch that concurrent callers share must not
+// die with the caller that happened to start it.
+func TestCacheRefreshDetached(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := NewCache[int](time.Minute, time.Minute, nil)
+		release := make(chan struct{})
+		fetch := func(ctx context.Context) (int, error) {
+			<-release
+			if err := ctx.Err(); err != nil {
+				return 0, err
+			}
+			return 42, nil
+		}
+		first, cancel := context.WithCancel(context.Background())
+		firstErr := make(chan error, 1)
+		go func() {
+			_, err := c.Refresh(first, fetch)
+			firstErr <- err
+		}()
+		synctest.Wait() // the first caller's fetch is running
+		type result struct {
+			v   int
+			err error
+		}
+		second := make(chan result, 1)
+		go func() {
+			v, err := c.Refresh(context.Background(), func(context.Context) (int, error) {
+				return 0, errors.New("second fetch: the first one should have been shared")
+			})
+			second <- result{v, err}
+		}()
+		synctest.Wait() // the second caller waits on the shared fetch
+		cancel()
+		if err := <-firstErr; !errors.Is(err, context.Canceled) {
+			t.Fatalf("first caller: %v, want its own Canceled", err)
+		}
+		close(release)
+		if r := <-second; r.err != nil || r.v != 42 {
+			t.Fatalf("second caller got %d, %v; want 42 from the shared fetch", r.v, r.err)
+		}
+		if v, ok := c.Peek(); !ok || v != 42 {
+			t.Fatalf("cache holds %d, %v; want 42", v, ok)
+		}
+	})
+}
+
+// TestCacheRefreshBounded: with every caller gone, the detached fetch still
+// ends at the cache's timeout, and a caller still waiting on it is told the
+// keystore did not answer (not that its own context ended).
+func TestCacheRefreshBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := NewCache[int](time.Minute, 3*time.Second, nil)
+		hang := func(ctx context.Context) (int, error) {
+			<-ctx.Done()
+			return 0, fmt.Errorf("sdk: %w", ctx.Err())
+		}
+		start := time.Now()
+		_, err := c.Refresh(context.Background(), hang)
+		if !errors.Is(err, keystore.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Refresh of a hung keystore: %v, want ErrUnavailable only", err)
+		}
+		if d := time.Since(start); d != 3*time.Second {
+			t.Fatalf("Refresh returned after %s, want the 3s timeout", d)
+		}
+	})
 }
