@@ -2,7 +2,8 @@
 //
 // The keyset holds several AES-256-GCM root key versions, one primary. It is
 // stored as Tink's cleartext JSON keyset, so tinkey can read it, and must be
-// mode 0600 or stricter or it is refused. The backend re-reads the file when
+// mode 0600 or stricter and owned by keywarden's user or root, or it is
+// refused (keystore/internal/secretfile's rule). The backend re-reads the file when
 // it changes (size, mtime or inode), so a promotion by kmsctl reaches a running
 // plugin at its next health check without a restart.
 package file
@@ -34,6 +35,7 @@ import (
 
 	"github.com/keywarden/keywarden/internal/atomicfile"
 	"github.com/keywarden/keywarden/keystore"
+	"github.com/keywarden/keywarden/keystore/internal/secretfile"
 )
 
 // Name is the backend name used in metrics and logs.
@@ -253,11 +255,9 @@ func readHandle(path string) (*keyset.Handle, stamp, error) {
 	if err != nil {
 		return nil, stamp{}, fmt.Errorf("%w: stat keyset: %v", keystore.ErrUnavailable, pathErr(err))
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, stamp{}, fmt.Errorf("%w: keyset %s is not a regular file", keystore.ErrConfig, path)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, stamp{}, fmt.Errorf("%w: keyset %s has mode %04o; it holds root keys and must not be readable by group or others (chmod 600)", keystore.ErrConfig, path, perm)
+	// Checked on the open file: the one read is the one checked.
+	if err := secretfile.Check("keyset", path, fi); err != nil {
+		return nil, stamp{}, err
 	}
 	if fi.Size() > maxKeysetSize {
 		return nil, stamp{}, fmt.Errorf("%w: keyset %s is %d bytes, over the %d limit", keystore.ErrConfig, path, fi.Size(), maxKeysetSize)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/keywarden/keywarden/keystore"
@@ -210,5 +211,20 @@ func TestLifecycle(t *testing.T) {
 	}
 	if err := b.Promote(ctx, "tink:1:0000000000000000"); !errors.Is(err, keystore.ErrKeyNotFound) {
 		t.Fatalf("promote unknown: got %v, want ErrKeyNotFound", err)
+	}
+}
+
+// The keyset is read under the secret-file rule, owner included: a keyset
+// another user owns (and so could rewrite) is refused.
+func TestOpenRefusesForeignOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("making a file owned by someone else needs root")
+	}
+	p := newKeyset(t)
+	if err := os.Chown(p, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(p); !errors.Is(err, keystore.ErrConfig) || !strings.Contains(err.Error(), "uid 65534") {
+		t.Fatalf("keyset owned by uid 65534: got %v, want ErrConfig naming the owner", err)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"sync"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/keywarden/keywarden/keystore"
+	"github.com/keywarden/keywarden/keystore/internal/secretfile"
 )
 
 // tokens keeps the Vault token current. A token from token-file is re-read
@@ -38,6 +38,7 @@ type tokens struct {
 type fileStamp struct {
 	size  int64
 	mtime time.Time
+	mode  os.FileMode // a chmod alone makes the file be read (and checked) again
 }
 
 // ensure makes sure the client holds a usable token before a call.
@@ -82,11 +83,11 @@ func (t *tokens) readFileLocked(force bool) error {
 	if err != nil {
 		return fmt.Errorf("%w: vault token-file: %v", keystore.ErrConfig, err)
 	}
-	st := fileStamp{size: fi.Size(), mtime: fi.ModTime()}
+	st := fileStamp{size: fi.Size(), mtime: fi.ModTime(), mode: fi.Mode()}
 	if !force && t.token != "" && st == t.stamp {
 		return nil
 	}
-	tok, err := readSecretFile(t.cfg.tokenFile)
+	tok, err := readSecretFile("token-file", t.cfg.tokenFile)
 	if err != nil {
 		return err
 	}
@@ -99,11 +100,11 @@ func (t *tokens) loginLocked(ctx context.Context) error {
 	var data map[string]any
 	switch t.cfg.auth {
 	case authAppRole:
-		roleID, err := readSecretFile(t.cfg.roleIDFile)
+		roleID, err := readSecretFile("role-id-file", t.cfg.roleIDFile)
 		if err != nil {
 			return err
 		}
-		secretID, err := readSecretFile(t.cfg.secretIDFile)
+		secretID, err := readSecretFile("secret-id-file", t.cfg.secretIDFile)
 		if err != nil {
 			return err
 		}
@@ -165,22 +166,16 @@ func (t *tokens) revoke(ctx context.Context) {
 	t.api.SetToken("")
 }
 
-func readSecretFile(path string) (string, error) {
-	f, err := os.Open(path)
+// readSecretFile reads a credential file (what names its URI parameter)
+// under the secret-file rule: 0600 or stricter, owned by us or root.
+func readSecretFile(what, path string) (string, error) {
+	b, err := secretfile.Read("vault "+what, path, maxSecretFile)
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", keystore.ErrConfig, err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
-	if err != nil {
-		return "", fmt.Errorf("%w: read %s: %v", keystore.ErrConfig, path, err)
-	}
-	if len(b) > maxSecretFile {
-		return "", fmt.Errorf("%w: %s is over %d bytes", keystore.ErrConfig, path, maxSecretFile)
+		return "", err
 	}
 	b = bytes.TrimSpace(b)
 	if len(b) == 0 {
-		return "", fmt.Errorf("%w: %s is empty", keystore.ErrConfig, path)
+		return "", fmt.Errorf("%w: vault %s %s is empty", keystore.ErrConfig, what, path)
 	}
 	return string(b), nil
 }
