@@ -4,6 +4,7 @@ package pkcs11
 
 import (
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,11 +13,12 @@ import (
 	"github.com/stefanberger/go-pkcs11uri"
 
 	"github.com/keywarden/keywarden/keystore"
+	"github.com/keywarden/keywarden/keystore/internal/secretfile"
 )
 
 // config is the typed form of a pkcs11: URI. It never holds the PIN itself,
-// only the way to get it, so a PIN file rotated on disk is picked up at the
-// next login.
+// only the way to get it (a pin-source file; pin-value= is refused), so a
+// PIN file rotated on disk is picked up at the next login.
 type config struct {
 	module string // absolute path of the PKCS#11 module
 	token  tokenMatch
@@ -54,8 +56,18 @@ func (m tokenMatch) String() string {
 // maxPINFile bounds what a pin-source file may hold; PINs are short.
 const maxPINFile = 4 << 10
 
+// pinPath is the file a pin-source names: RFC 7512's file: URI, or an
+// absolute path as go-pkcs11uri also takes.
+func pinPath(src string) (string, error) {
+	u, err := url.ParseRequestURI(src)
+	if err != nil || (u.Scheme != "" && u.Scheme != "file") || u.Host != "" || !filepath.IsAbs(u.Path) {
+		return "", fmt.Errorf("%w: pkcs11 pin-source %q: want file:/absolute/path", keystore.ErrConfig, src)
+	}
+	return u.Path, nil
+}
+
 // parseURI parses an RFC 7512 URI with go-pkcs11uri. Its errors never contain
-// the URI itself, which may carry a pin-value.
+// the URI itself, which may carry a pin-value (refused, but still there).
 func parseURI(s string) (config, error) {
 	u := pkcs11uri.New()
 	if err := u.Parse(s); err != nil {
@@ -113,24 +125,34 @@ func parseURI(s string) (config, error) {
 	}
 	c.module = mod
 
-	if !u.HasPIN() {
-		return config{}, fmt.Errorf("%w: pkcs11 URI needs pin-source=file:/path/to/pin (or pin-value=, for tests only)", keystore.ErrConfig)
+	// The PIN comes from a file only. go-pkcs11uri would also take it
+	// inline (pin-value=), where ps, manifests, shell history and every
+	// printed URI would show it.
+	if _, ok := u.GetQueryAttribute("pin-value", false); ok {
+		return config{}, fmt.Errorf("%w: pkcs11 URI sets pin-value=, which keywarden refuses (a PIN on a command line shows in ps and logs): put the PIN in a file readable only by keywarden (chmod 600) and use pin-source=file:/path/to/pin", keystore.ErrConfig)
 	}
-	if src, ok := u.GetQueryAttribute("pin-source", false); ok {
-		if fi, err := os.Stat(strings.TrimPrefix(src, "file:")); err == nil && fi.Size() > maxPINFile {
-			return config{}, fmt.Errorf("%w: pkcs11 pin-source %q is %d bytes; a PIN file holds just the PIN", keystore.ErrConfig, src, fi.Size())
-		}
+	src, ok := u.GetQueryAttribute("pin-source", false)
+	if !ok {
+		return config{}, fmt.Errorf("%w: pkcs11 URI needs pin-source=file:/path/to/pin", keystore.ErrConfig)
+	}
+	pinFile, err := pinPath(src)
+	if err != nil {
+		return config{}, err
+	}
+	if fi, err := os.Stat(pinFile); err == nil && fi.Size() > maxPINFile {
+		return config{}, fmt.Errorf("%w: pkcs11 pin-source %q is %d bytes; a PIN file holds just the PIN", keystore.ErrConfig, src, fi.Size())
 	}
 	c.pin = func() (string, error) {
-		pin, err := u.GetPIN()
+		// Read at every login, so a PIN changed on disk is used; under the
+		// secret-file rule, whose errors name the file, never the PIN.
+		b, err := secretfile.Read("pkcs11 pin-source", pinFile, maxPINFile)
 		if err != nil {
-			// GetPIN's errors name the file and the cause, never the PIN.
-			return "", fmt.Errorf("%w: read PKCS#11 PIN: %v", keystore.ErrConfig, err)
+			return "", err
 		}
 		// `echo 1234 > pin` leaves a newline that is not part of the PIN.
-		pin = strings.TrimSuffix(strings.TrimSuffix(pin, "\n"), "\r")
+		pin := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
 		if pin == "" {
-			return "", fmt.Errorf("%w: PKCS#11 PIN is empty", keystore.ErrConfig)
+			return "", fmt.Errorf("%w: PKCS#11 PIN file %s is empty", keystore.ErrConfig, pinFile)
 		}
 		return pin, nil
 	}

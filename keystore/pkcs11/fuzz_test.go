@@ -13,8 +13,9 @@ import (
 )
 
 // FuzzParseURI: no URI panics, every refusal is ErrConfig and never shows
-// a pin-value, and an accepted URI selects a token and a key label in an
-// existing module given by absolute path, with a way to get the PIN.
+// a pin-value, no URI with a pin-value is accepted, and an accepted URI
+// selects a token and a key label in an existing module given by absolute
+// path, with a way to get the PIN.
 func FuzzParseURI(f *testing.F) {
 	dir := f.TempDir()
 	mod := filepath.Join(dir, "module.so")
@@ -27,24 +28,26 @@ func FuzzParseURI(f *testing.F) {
 	for _, s := range []string{
 		"pkcs11:token=kw;object=root?module-path=" + mod + "&pin-source=file:" + pin,
 		"pkcs11:token=kw;object=root?module-path=" + mod + "&pin-value=1234",
-		"pkcs11:serial=abc;object=root?module-path=" + mod + "&pin-value=1234",
-		"pkcs11:slot-id=0;object=root?module-path=" + mod + "&pin-value=1234",
-		"pkcs11:token=kw;manufacturer=SoftHSM%20project;model=SoftHSM%20v2;object=root?module-path=" + mod + "&pin-value=1234",
-		"pkcs11:token=my%20token;object=root%2f1?module-path=" + mod + "&pin-value=1234",
-		"pkcs11:token=kw;object=root;type=secret-key?module-path=" + mod + "&pin-value=1234",
+		"pkcs11:token=kw;object=root?module-path=" + mod + "&pin-source=" + pin,
+		"pkcs11:token=kw;object=root?module-path=" + mod + "&pin-source=file:pin",
+		"pkcs11:serial=abc;object=root?module-path=" + mod + "&pin-source=file:" + pin,
+		"pkcs11:slot-id=0;object=root?module-path=" + mod + "&pin-source=file:" + pin,
+		"pkcs11:token=kw;manufacturer=SoftHSM%20project;model=SoftHSM%20v2;object=root?module-path=" + mod + "&pin-source=file:" + pin,
+		"pkcs11:token=my%20token;object=root%2f1?module-path=" + mod + "&pin-source=file:" + pin,
+		"pkcs11:token=kw;object=root;type=secret-key?module-path=" + mod + "&pin-source=file:" + pin,
 		"file:///x",
 		"pkcs11:",
-		"pkcs11:token=kw?module-path=" + mod + "&pin-value=1234",
-		"pkcs11:token=kw;object=root;id=%01?module-path=" + mod + "&pin-value=1234",
-		"pkcs11:object=root?module-path=" + mod + "&pin-value=1234",
+		"pkcs11:token=kw?module-path=" + mod + "&pin-source=file:" + pin,
+		"pkcs11:token=kw;object=root;id=%01?module-path=" + mod + "&pin-source=file:" + pin,
+		"pkcs11:object=root?module-path=" + mod + "&pin-source=file:" + pin,
 		"pkcs11:token=kw;object=root?pin-value=1234",
 		"pkcs11:token=kw;object=root?module-path=lib.so&pin-value=1234",
 		"pkcs11:token=kw;object=root?module-path=/nonexistent/lib.so&pin-value=1234",
-		"pkcs11:token=kw;object=root?module-path=" + dir + "&pin-value=1234",
+		"pkcs11:token=kw;object=root?module-path=" + dir + "&pin-source=file:" + pin,
 		"pkcs11:token=kw;object=root?module-path=" + mod,
 		"pkcs11:token=kw;object=root?module-path=" + mod + "&pin-value=1234&pin-source=file:" + pin,
-		"pkcs11:token=kw;slot-id=x;object=root?module-path=" + mod + "&pin-value=1234",
-		"pkcs11:token=kw;slot-id=-1;object=root?module-path=" + mod + "&pin-value=1234",
+		"pkcs11:token=kw;slot-id=x;object=root?module-path=" + mod + "&pin-source=file:" + pin,
+		"pkcs11:token=kw;slot-id=-1;object=root?module-path=" + mod + "&pin-source=file:" + pin,
 		"pkcs11:token=kw;object=root;junk?module-path=" + mod + "&pin-value=s3cr3t-pin",
 		"pkcs11:token=kw;object=r%zzoot?module-path=" + mod + "&pin-value=s3cr3t-pin",
 	} {
@@ -62,7 +65,11 @@ func FuzzParseURI(f *testing.F) {
 		if strings.Contains(s, "?") {
 			sep = "&"
 		}
-		if _, err := parseURI(s + sep + "pin-value=" + marker); err != nil && strings.Contains(err.Error(), marker) {
+		_, err := parseURI(s + sep + "pin-value=" + marker)
+		if err == nil {
+			t.Fatalf("%q with a pin-value was accepted", s)
+		}
+		if strings.Contains(err.Error(), marker) {
 			t.Fatalf("error %q shows the pin-value", err)
 		}
 	})

@@ -9,7 +9,6 @@ import (
 	"crypto/cipher"
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -50,29 +49,31 @@ func TestConformance(t *testing.T) {
 func TestParseURI(t *testing.T) {
 	requireSoftHSM(t)
 	mod := softhsm.module
-	pinFile := filepath.Join(t.TempDir(), "pin")
-	if err := os.WriteFile(pinFile, []byte("1234\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	pinFile := writePIN(t, "1234")
+	src := "&pin-source=file:" + pinFile
 	tests := []struct {
 		name    string
 		uri     string
 		wantErr bool
 	}{
-		{"pin-source", "pkcs11:token=kw;object=root?module-path=" + mod + "&pin-source=file:" + pinFile, false},
-		{"pin-value", "pkcs11:token=kw;object=root?module-path=" + mod + "&pin-value=1234", false},
-		{"serial only", "pkcs11:serial=abc;object=root?module-path=" + mod + "&pin-value=1234", false},
-		{"pct-encoded label", "pkcs11:token=my%20token;object=root%2f1?module-path=" + mod + "&pin-value=1234", false},
+		{"pin-source", "pkcs11:token=kw;object=root?module-path=" + mod + src, false},
+		{"pin-source without file:", "pkcs11:token=kw;object=root?module-path=" + mod + "&pin-source=" + pinFile, false},
+		{"serial only", "pkcs11:serial=abc;object=root?module-path=" + mod + src, false},
+		{"pct-encoded label", "pkcs11:token=my%20token;object=root%2f1?module-path=" + mod + src, false},
+		// A PIN in the URI shows up in ps, manifests and shell history.
+		{"pin-value", "pkcs11:token=kw;object=root?module-path=" + mod + "&pin-value=1234", true},
 		{"not pkcs11", "file:///x", true},
-		{"no object", "pkcs11:token=kw?module-path=" + mod + "&pin-value=1234", true},
-		{"id set", "pkcs11:token=kw;object=root;id=%01?module-path=" + mod + "&pin-value=1234", true},
-		{"no token", "pkcs11:object=root?module-path=" + mod + "&pin-value=1234", true},
-		{"no module", "pkcs11:token=kw;object=root?pin-value=1234", true},
-		{"relative module", "pkcs11:token=kw;object=root?module-path=lib.so&pin-value=1234", true},
-		{"missing module", "pkcs11:token=kw;object=root?module-path=/nonexistent/lib.so&pin-value=1234", true},
+		{"no object", "pkcs11:token=kw?module-path=" + mod + src, true},
+		{"id set", "pkcs11:token=kw;object=root;id=%01?module-path=" + mod + src, true},
+		{"no token", "pkcs11:object=root?module-path=" + mod + src, true},
+		{"no module", "pkcs11:token=kw;object=root?pin-source=file:" + pinFile, true},
+		{"relative module", "pkcs11:token=kw;object=root?module-path=lib.so" + src, true},
+		{"missing module", "pkcs11:token=kw;object=root?module-path=/nonexistent/lib.so" + src, true},
 		{"no pin", "pkcs11:token=kw;object=root?module-path=" + mod, true},
-		{"both pins", "pkcs11:token=kw;object=root?module-path=" + mod + "&pin-value=1234&pin-source=file:" + pinFile, true},
-		{"bad slot", "pkcs11:token=kw;slot-id=x;object=root?module-path=" + mod + "&pin-value=1234", true},
+		{"both pins", "pkcs11:token=kw;object=root?module-path=" + mod + "&pin-value=1234" + src, true},
+		{"relative pin-source", "pkcs11:token=kw;object=root?module-path=" + mod + "&pin-source=file:pin", true},
+		{"pin-source not a file", "pkcs11:token=kw;object=root?module-path=" + mod + "&pin-source=https://x/pin", true},
+		{"bad slot", "pkcs11:token=kw;slot-id=x;object=root?module-path=" + mod + src, true},
 		{"malformed with pin", "pkcs11:token=kw;object=root;junk?module-path=" + mod + "&pin-value=s3cr3t-pin", true},
 	}
 	for _, tc := range tests {
@@ -96,16 +97,47 @@ func TestParseURI(t *testing.T) {
 			}
 		})
 	}
-	c, err := parseURI("pkcs11:token=my%20token;object=root%2f1?module-path=" + mod + "&pin-value=1")
+	c, err := parseURI("pkcs11:token=my%20token;object=root%2f1?module-path=" + mod + src)
 	if err != nil || c.token.label != "my token" || c.label != "root/1" {
 		t.Fatalf("pct-decoding: %+v, %v", c, err)
 	}
+	if _, err := parseURI("pkcs11:token=kw;object=root?module-path=" + mod + "&pin-value=1234"); err == nil || !strings.Contains(err.Error(), "pin-source") {
+		t.Fatalf("pin-value refusal %v does not say what to use instead", err)
+	}
+}
+
+// The PIN file is read under the secret-file rule: a 0644 file fails Open
+// with ErrConfig naming the file (never the PIN); 0600 opens.
+func TestPINFilePermissions(t *testing.T) {
+	tok := newToken(t)
+	ctx := context.Background()
+	if _, err := Init(ctx, tok.uri); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(tok.pinFile, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(ctx, tok.uri)
+	if !errors.Is(err, keystore.ErrConfig) || b != nil {
+		t.Fatalf("Open with a 0644 PIN file: %v, want ErrConfig", err)
+	}
+	if msg := err.Error(); !strings.Contains(msg, tok.pinFile) || !strings.Contains(msg, "0644") || strings.Contains(msg, testUserPIN) {
+		t.Fatalf("error %q: want the file and its mode named, and no PIN", msg)
+	}
+	if err := os.Chmod(tok.pinFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, err = Open(ctx, tok.uri)
+	if err != nil {
+		t.Fatalf("Open with a 0600 PIN file: %v", err)
+	}
+	_ = b.Close()
 }
 
 func TestOpenErrors(t *testing.T) {
 	ctx := context.Background()
 	tok := newToken(t)
-	wrongPIN := strings.Replace(tok.uri, testUserPIN, "wrong-pin", 1)
+	wrongPIN := pinURI(tok.label, "root", writePIN(t, "wrong-pin"))
 	tests := []struct {
 		name string
 		uri  string
@@ -462,8 +494,8 @@ func TestInputBounds(t *testing.T) {
 func TestPINSource(t *testing.T) {
 	tok := newToken(t)
 	ctx := context.Background()
-	pinFile := filepath.Join(t.TempDir(), "hsm-pin")
-	uri := strings.Replace(tok.uri, "pin-value="+testUserPIN, "pin-source=file:"+pinFile, 1)
+	pinFile := tok.pinFile
+	uri := tok.uri
 	if err := os.WriteFile(pinFile, []byte("not-the-pin\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}

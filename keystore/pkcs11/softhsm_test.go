@@ -98,13 +98,30 @@ func requireSoftHSM(tb testing.TB) {
 
 // testToken is a freshly initialized SoftHSM token with no objects.
 type testToken struct {
-	label string
-	dir   string // the token's directory under the token dir
-	uri   string
+	label   string
+	dir     string // the token's directory under the token dir
+	pinFile string // holds testUserPIN, mode 0600
+	uri     string
 }
 
+// uriFor names a key label on the token. The PIN comes from a file, as in
+// production: the backend refuses pin-value=.
 func (tok testToken) uriFor(object string) string {
-	return fmt.Sprintf("pkcs11:token=%s;object=%s?module-path=%s&pin-value=%s", tok.label, object, softhsm.module, testUserPIN)
+	return pinURI(tok.label, object, tok.pinFile)
+}
+
+func pinURI(token, object, pinFile string) string {
+	return fmt.Sprintf("pkcs11:token=%s;object=%s?module-path=%s&pin-source=file:%s", token, object, softhsm.module, pinFile)
+}
+
+// writePIN writes pin to a new 0600 file and returns its path.
+func writePIN(tb testing.TB, pin string) string {
+	tb.Helper()
+	p := filepath.Join(tb.TempDir(), "pin")
+	if err := os.WriteFile(p, []byte(pin+"\n"), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return p
 }
 
 // newToken initializes a token on SoftHSM's free slot through the library
@@ -169,7 +186,7 @@ func newToken(tb testing.TB) testToken {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tok := testToken{label: label}
+	tok := testToken{label: label, pinFile: writePIN(tb, testUserPIN)}
 	for _, e := range after {
 		if !slices.ContainsFunc(before, func(o os.DirEntry) bool { return o.Name() == e.Name() }) {
 			tok.dir = filepath.Join(softhsm.tokenDir, e.Name())
