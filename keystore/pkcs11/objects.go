@@ -138,10 +138,17 @@ func parsePointer(b []byte) (seq uint64, id []byte, err error) {
 	return seq, id, nil
 }
 
+// Searches match only private token objects. A token that allows R/W
+// public sessions lets anyone who can reach it, PIN or not, create public
+// objects; one under our label (a key whose value its maker knows, a
+// pointer naming it) must never become a root key version or the primary.
+// Every object keywarden makes is private (generate, writePointer).
+
 func (b *Backend) keyTemplate() []*p11.Attribute {
 	return []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
 		p11.NewAttribute(p11.CKA_TOKEN, true),
+		p11.NewAttribute(p11.CKA_PRIVATE, true),
 		p11.NewAttribute(p11.CKA_LABEL, b.cfg.label),
 	}
 }
@@ -150,10 +157,16 @@ func (b *Backend) pointerTemplate() []*p11.Attribute {
 	return []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_DATA),
 		p11.NewAttribute(p11.CKA_TOKEN, true),
+		p11.NewAttribute(p11.CKA_PRIVATE, true),
 		p11.NewAttribute(p11.CKA_LABEL, b.cfg.label),
 		p11.NewAttribute(p11.CKA_APPLICATION, application),
 	}
 }
+
+// ownObject checks, on an object a search returned, what the search asked
+// for: a module that ignored the template still gets no public or session
+// object past here.
+func ownObject(token, private []byte) bool { return boolean(token) && boolean(private) }
 
 func findAll(c *p11.Ctx, h p11.SessionHandle, tmpl []*p11.Attribute) (_ []p11.ObjectHandle, err error) {
 	if err := c.FindObjectsInit(h, tmpl); err != nil {
@@ -299,11 +312,16 @@ func (b *Backend) readVersion(c *p11.Ctx, sh p11.SessionHandle, h p11.ObjectHand
 		p11.NewAttribute(p11.CKA_SENSITIVE, nil),
 		p11.NewAttribute(p11.CKA_EXTRACTABLE, nil),
 		p11.NewAttribute(p11.CKA_DECRYPT, nil),
+		p11.NewAttribute(p11.CKA_TOKEN, nil),
+		p11.NewAttribute(p11.CKA_PRIVATE, nil),
 	})
 	if err != nil {
 		return nil, classify("C_GetAttributeValue", err)
 	}
 	id := attrs[0].Value
+	if !ownObject(attrs[6].Value, attrs[7].Value) {
+		return nil, fmt.Errorf("%w: a key under label %q (CKA_ID %x) is not a private token object; keywarden refuses it", keystore.ErrConfig, b.cfg.label, id)
+	}
 	if !validCKAID(id) {
 		return nil, fmt.Errorf("%w: a key under label %q has CKA_ID %x, which keywarden did not make; give keywarden a label of its own", keystore.ErrConfig, b.cfg.label, id)
 	}
@@ -324,9 +342,16 @@ func (b *Backend) readPointers(c *p11.Ctx, sh p11.SessionHandle) ([]pointer, err
 	}
 	out := make([]pointer, 0, len(hs))
 	for _, h := range hs {
-		attrs, err := c.GetAttributeValue(sh, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_VALUE, nil)})
+		attrs, err := c.GetAttributeValue(sh, h, []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_VALUE, nil),
+			p11.NewAttribute(p11.CKA_TOKEN, nil),
+			p11.NewAttribute(p11.CKA_PRIVATE, nil),
+		})
 		if err != nil {
 			return nil, classify("C_GetAttributeValue", err)
+		}
+		if !ownObject(attrs[1].Value, attrs[2].Value) {
+			return nil, fmt.Errorf("%w: a data object under label %q is not a private token object; keywarden refuses it", keystore.ErrConfig, b.cfg.label)
 		}
 		seq, id, err := parsePointer(attrs[0].Value)
 		if err != nil {
