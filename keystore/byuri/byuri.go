@@ -77,7 +77,7 @@ func Schemes() []string {
 func lookup(uri string) (scheme, error) {
 	name, _, ok := strings.Cut(uri, ":")
 	if !ok {
-		return scheme{}, fmt.Errorf("%w: keystore URI %q has no scheme (want file://, pkcs11:, ...)", keystore.ErrConfig, uri)
+		return scheme{}, fmt.Errorf("%w: keystore URI %q has no scheme (want file://, pkcs11:, ...)", keystore.ErrConfig, Redact(uri))
 	}
 	s, ok := schemes[name]
 	if !ok {
@@ -131,13 +131,13 @@ func Init(ctx context.Context, uri string) (keystore.KeyVersion, error) {
 func FilePath(uri string) (string, error) {
 	u, err := url.Parse(uri)
 	if err != nil || u.Scheme != "file" {
-		return "", fmt.Errorf("%w: bad file keystore URI %q (want file:///absolute/path)", keystore.ErrConfig, uri)
+		return "", fmt.Errorf("%w: bad file keystore URI %q (want file:///absolute/path)", keystore.ErrConfig, Redact(uri))
 	}
 	if u.Host != "" && u.Host != "localhost" {
-		return "", fmt.Errorf("%w: file keystore URI %q names host %q; use file:///absolute/path", keystore.ErrConfig, uri, u.Host)
+		return "", fmt.Errorf("%w: file keystore URI %q names host %q; use file:///absolute/path", keystore.ErrConfig, Redact(uri), u.Host)
 	}
 	if u.Path == "" || u.Path[0] != '/' {
-		return "", fmt.Errorf("%w: file keystore URI %q needs an absolute path", keystore.ErrConfig, uri)
+		return "", fmt.Errorf("%w: file keystore URI %q needs an absolute path", keystore.ErrConfig, Redact(uri))
 	}
 	return u.Path, nil
 }
