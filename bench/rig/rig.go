@@ -125,9 +125,14 @@ func SoftHSM(ctx context.Context, dir string) (*Keystore, error) {
 	if err := os.Setenv("SOFTHSM2_CONF", conf); err != nil {
 		return nil, err
 	}
+	// keywarden refuses pin-value=: the PIN goes in a 0600 file.
+	pinFile := filepath.Join(dir, "softhsm-pin")
+	if err := os.WriteFile(pinFile, []byte(softhsmPIN), 0o600); err != nil {
+		return nil, err
+	}
 	k := &Keystore{
 		Name: "pkcs11",
-		URI:  fmt.Sprintf("pkcs11:token=%s;object=%s?module-path=%s&pin-value=%s", softhsmLabel, softhsmObject, module, softhsmPIN),
+		URI:  fmt.Sprintf("pkcs11:token=%s;object=%s?module-path=%s&pin-source=file:%s", softhsmLabel, softhsmObject, module, pinFile),
 		Env:  []string{"SOFTHSM2_CONF=" + conf},
 	}
 	if _, err := byuri.Init(ctx, k.URI); err != nil {

@@ -103,7 +103,7 @@ func newKeysCmd(g *globals) *cobra.Command {
 				}
 				i := slices.IndexFunc(vs, func(v keystore.KeyVersion) bool { return v.KeyID == args[0] })
 				if i < 0 {
-					return nil, fmt.Errorf("%w: %s is not in keystore %s", keystore.ErrKeyNotFound, args[0], uri)
+					return nil, fmt.Errorf("%w: %s is not in keystore %s", keystore.ErrKeyNotFound, args[0], byuri.Redact(uri))
 				}
 				if guard != nil {
 					if err := guard(cmd, m, vs, vs[i]); err != nil {
@@ -151,7 +151,7 @@ promote prints what will change and asks for confirmation on a terminal;
 			}
 			plan := fmt.Sprintf("Will promote %s to primary in %s (primary now: %s).\n"+
 				"keywarden will report key_id %s; kube-apiserver will encrypt new writes under it.\n"+
-				"Run this on every control-plane node, after `keys add` reached all of them.\n", v.KeyID, uri, primaryOf(vs), v.KeyID)
+				"Run this on every control-plane node, after `keys add` reached all of them.\n", v.KeyID, byuri.Redact(uri), primaryOf(vs), v.KeyID)
 			return g.confirm(plan, yes)
 		})
 	disable := action("disable", "Disable a non-primary version (reversible with enable)",
@@ -191,7 +191,7 @@ It prints what will change and needs --yes when stdin is not a terminal.`,
 			if err := g.checkUnused(cmd.Context(), &eDestroy, auditReport, v.KeyID, force, "destroy"); err != nil {
 				return err
 			}
-			return g.confirm(fmt.Sprintf("Will DESTROY root key version %s in %s: irreversible; anything still encrypted under it is lost.\n", v.KeyID, uri), yes)
+			return g.confirm(fmt.Sprintf("Will DESTROY root key version %s in %s: irreversible; anything still encrypted under it is lost.\n", v.KeyID, byuri.Redact(uri)), yes)
 		})
 	for _, c := range []*cobra.Command{promote, destroy} {
 		c.Flags().BoolVar(&yes, "yes", false, "confirm the change without asking")

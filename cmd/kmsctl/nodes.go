@@ -18,7 +18,7 @@ import (
 // A node is another control-plane node's keystore, as rotate --nodes names
 // it: its own copy of the keyset (file), or its view of a shared token.
 type node struct {
-	uri string
+	uri string // as printed: byuri.Redact of the --nodes URI
 	b   keystore.Backend
 	m   keystore.Manager
 }
@@ -34,21 +34,21 @@ func openNodes(ctx context.Context, self string, uris []string) (nodes []*node, 
 	for _, u := range uris {
 		if seen[u] {
 			closeAll()
-			return nil, nil, usageError{fmt.Errorf("--nodes: %s is named twice (or is --keystore): list each other node's keystore once", u)}
+			return nil, nil, usageError{fmt.Errorf("--nodes: %s is named twice (or is --keystore): list each other node's keystore once", byuri.Redact(u))}
 		}
 		seen[u] = true
 		b, err := byuri.Open(ctx, u)
 		if err != nil {
 			closeAll()
-			return nil, nil, fmt.Errorf("--nodes %s: %w", u, err)
+			return nil, nil, fmt.Errorf("--nodes %s: %w", byuri.Redact(u), err)
 		}
 		m, ok := b.(keystore.Manager)
 		if !ok {
 			_ = b.Close()
 			closeAll()
-			return nil, nil, usageError{fmt.Errorf("--nodes %s: keystore %s manages its versions in the provider: it needs no per-node rotation", u, b.Name())}
+			return nil, nil, usageError{fmt.Errorf("--nodes %s: keystore %s manages its versions in the provider: it needs no per-node rotation", byuri.Redact(u), b.Name())}
 		}
-		nodes = append(nodes, &node{uri: u, b: b, m: m})
+		nodes = append(nodes, &node{uri: byuri.Redact(u), b: b, m: m})
 	}
 	return nodes, closeAll, nil
 }
@@ -215,7 +215,7 @@ func (g *globals) preflightNodes(ctx context.Context, f *rotateFlags, st *rotate
 				return fmt.Errorf("node %s: %w", n.uri, err)
 			}
 			if p != primary {
-				return problem("node %s's primary is %s, not %s as in %s: the nodes' keystores differ; make them agree before rotating", n.uri, orNone(p), primary, f.keystore)
+				return problem("node %s's primary is %s, not %s as in %s: the nodes' keystores differ; make them agree before rotating", n.uri, orNone(p), primary, byuri.Redact(f.keystore))
 			}
 		}
 		for _, s := range f.nodeSockets {

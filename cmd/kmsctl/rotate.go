@@ -38,7 +38,8 @@ const (
 )
 
 // rotateState is the rotation's state file: which steps are done, so that
-// --resume goes on after the first surprise.
+// --resume goes on after the first surprise. It records keystore URIs as
+// byuri.Redact prints them, and --resume compares them so.
 type rotateState struct {
 	Version  int          `json:"version"`
 	Keystore string       `json:"keystore"`
@@ -249,15 +250,15 @@ func (g *globals) rotate(ctx context.Context, f *rotateFlags) (err error) {
 		return usageError{fmt.Errorf("--resume: no rotation recorded in %s", f.stateFile)}
 	case f.resume && st.Complete:
 		return usageError{fmt.Errorf("--resume: the rotation in %s is complete", f.stateFile)}
-	case f.resume && st.Keystore != f.keystore:
-		return usageError{fmt.Errorf("--resume: %s records keystore %s, not %s", f.stateFile, st.Keystore, f.keystore)}
-	case f.resume && !slices.Equal(st.Nodes, f.nodes):
-		return usageError{fmt.Errorf("--resume: %s records --nodes %s, not %s", f.stateFile, strings.Join(st.Nodes, ","), strings.Join(f.nodes, ","))}
+	case f.resume && byuri.Redact(st.Keystore) != byuri.Redact(f.keystore):
+		return usageError{fmt.Errorf("--resume: %s records keystore %s, not %s", f.stateFile, byuri.Redact(st.Keystore), byuri.Redact(f.keystore))}
+	case f.resume && !slices.Equal(redactAll(st.Nodes), redactAll(f.nodes)):
+		return usageError{fmt.Errorf("--resume: %s records --nodes %s, not %s", f.stateFile, strings.Join(redactAll(st.Nodes), ","), strings.Join(redactAll(f.nodes), ","))}
 	case !f.resume && !f.dryRun && st != nil && !st.Complete:
 		return usageError{fmt.Errorf("a rotation from %s to %s is in progress in %s: add --resume, or remove the file to start over",
 			st.OldKey, orNone(st.NewKey), f.stateFile)}
 	case !f.resume:
-		st = &rotateState{Version: 1, Keystore: f.keystore, Nodes: f.nodes, OldKey: f.oldKey, NewKey: f.newKey, Started: g.now().UTC()}
+		st = &rotateState{Version: 1, Keystore: byuri.Redact(f.keystore), Nodes: redactAll(f.nodes), OldKey: f.oldKey, NewKey: f.newKey, Started: g.now().UTC()}
 		if st.OldKey == "" {
 			st.OldKey = primary
 		}
@@ -266,10 +267,10 @@ func (g *globals) rotate(ctx context.Context, f *rotateFlags) (err error) {
 		return usageError{fmt.Errorf("--old-key and --new-key are both %s", st.NewKey)}
 	}
 	if f.newKey != "" && !slices.ContainsFunc(vs, func(v keystore.KeyVersion) bool { return v.KeyID == f.newKey }) {
-		return usageError{fmt.Errorf("--new-key %s is not in %s: add it (and distribute it) first", f.newKey, f.keystore)}
+		return usageError{fmt.Errorf("--new-key %s is not in %s: add it (and distribute it) first", f.newKey, byuri.Redact(f.keystore))}
 	}
 	if !slices.ContainsFunc(vs, func(v keystore.KeyVersion) bool { return v.KeyID == st.OldKey }) {
-		return usageError{fmt.Errorf("old key %s is not in %s", st.OldKey, f.keystore)}
+		return usageError{fmt.Errorf("old key %s is not in %s", st.OldKey, byuri.Redact(f.keystore))}
 	}
 	out := &rotateOut{DryRun: f.dryRun, State: st}
 
@@ -284,7 +285,7 @@ func (g *globals) rotate(ctx context.Context, f *rotateFlags) (err error) {
 	}
 	if !f.resume && pst.KeyId != primary {
 		return problem("plugin's Status key_id %s is not %s's primary %s: is --keystore the keystore this plugin uses, and has it reloaded?",
-			pst.KeyId, f.keystore, primary)
+			pst.KeyId, byuri.Redact(f.keystore), primary)
 	}
 	nodes, closeNodes, err := openNodes(ctx, f.keystore, f.nodes)
 	if err != nil {
@@ -301,13 +302,13 @@ func (g *globals) rotate(ctx context.Context, f *rotateFlags) (err error) {
 
 	plan := fmt.Sprintf("Will rotate the root key of %s: retire %s for %s.\n"+
 		"Steps: add, promote, wait for the plugin (%s), wait for kube-apiserver (%s), migrate, audit.\n",
-		f.keystore, st.OldKey, orNone(map[bool]string{true: st.NewKey, false: "a new version"}[st.NewKey != ""]), f.pluginTimeout, f.pickupWindow)
+		byuri.Redact(f.keystore), st.OldKey, orNone(map[bool]string{true: st.NewKey, false: "a new version"}[st.NewKey != ""]), f.pluginTimeout, f.pickupWindow)
 	if len(nodes) > 0 {
 		plan += fmt.Sprintf("HA, two phases: phase 1 puts the new version in the %d other nodes' keystores (%s) and checks that all have it; phase 2 promotes it in all %d, only then.\n",
-			len(nodes), strings.Join(f.nodes, ", "), 1+len(nodes))
+			len(nodes), strings.Join(redactAll(f.nodes), ", "), 1+len(nodes))
 	}
 	if f.resume {
-		plan = fmt.Sprintf("Will resume the rotation of %s from %s to %s recorded in %s.\n", f.keystore, st.OldKey, st.NewKey, f.stateFile)
+		plan = fmt.Sprintf("Will resume the rotation of %s from %s to %s recorded in %s.\n", byuri.Redact(f.keystore), st.OldKey, st.NewKey, f.stateFile)
 	}
 	if err := g.confirm(plan, f.yes); err != nil {
 		return err
@@ -450,8 +451,8 @@ func (g *globals) rotate(ctx context.Context, f *rotateFlags) (err error) {
 	}
 	out.Next = []string{
 		`watch for a while that nothing fails to decrypt (keywarden_grpc_server_handled_total{grpc_method="Decrypt",grpc_code!="OK"})`,
-		fmt.Sprintf("kmsctl keys disable --keystore %s %s   (on every node; reversible with keys enable)", f.keystore, st.OldKey),
-		fmt.Sprintf("later: kmsctl keys destroy --keystore %s --etcd-endpoints ... %s", f.keystore, st.OldKey),
+		fmt.Sprintf("kmsctl keys disable --keystore %s %s   (on every node; reversible with keys enable)", byuri.Redact(f.keystore), st.OldKey),
+		fmt.Sprintf("later: kmsctl keys destroy --keystore %s --etcd-endpoints ... %s", byuri.Redact(f.keystore), st.OldKey),
 	}
 	return g.printRotate(out)
 }
@@ -581,7 +582,7 @@ func (g *globals) rotateDryRun(ctx context.Context, f *rotateFlags, out *rotateO
 			plan(stepPromote, "promote "+st.NewKey)
 		}
 	} else {
-		plan(stepAdd, fmt.Sprintf("add a version to %s (%d now)", f.keystore, len(vs)))
+		plan(stepAdd, fmt.Sprintf("add a version to %s (%d now)", byuri.Redact(f.keystore), len(vs)))
 		plan(stepPromote, "promote it (primary now: "+primary+")")
 	}
 	if len(nodes) > 0 {
@@ -643,7 +644,7 @@ func (g *globals) printRotate(out *rotateOut) error {
 		if out.DryRun {
 			title = "ROTATION PLAN (dry run: nothing changed)"
 		}
-		fmt.Fprintf(w, "%s: %s -> %s in %s\n\n", title, st.OldKey, orNone(st.NewKey), st.Keystore)
+		fmt.Fprintf(w, "%s: %s -> %s in %s\n\n", title, st.OldKey, orNone(st.NewKey), byuri.Redact(st.Keystore))
 		fmt.Fprintln(w, "STEP\tSTATUS\tSECONDS\tDETAIL")
 		for _, s := range st.Steps {
 			fmt.Fprintf(w, "%s\t%s\t%.1f\t%s\n", s.Name, s.Status, s.Seconds, s.Detail)
@@ -669,4 +670,16 @@ func (g *globals) printRotate(out *rotateOut) error {
 			}
 		}
 	})
+}
+
+// redactAll is byuri.Redact of every URI in uris.
+func redactAll(uris []string) []string {
+	if uris == nil {
+		return nil
+	}
+	out := make([]string, len(uris))
+	for i, u := range uris {
+		out[i] = byuri.Redact(u)
+	}
+	return out
 }
