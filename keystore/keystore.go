@@ -9,6 +9,7 @@ package keystore
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 )
 
@@ -32,6 +33,25 @@ type Backend interface {
 	// logs ("file", "pkcs11", "awskms", ...).
 	Name() string
 	Close() error
+}
+
+// SameVersion reports whether key_ids a and b name the same root key
+// version. A backend may end its key_ids with an identity tag, '#' and a
+// token, that tells its key apart from an earlier one it would otherwise
+// name alike (Vault: a Transit key deleted and re-created under the same
+// name restarts at v1). A key_id without the tag names the same version as
+// a tagged one with the same rest: it was written before the backend tagged
+// its key_ids, or listed for a version whose identity the backend can no
+// longer read. Two different tags name different keys. No backend's key_id
+// holds '#' otherwise. Counting objects by key_id (kmsctl audit, and
+// before disable or destroy) must use this, not ==.
+func SameVersion(a, b string) bool {
+	if a == b {
+		return true
+	}
+	ra, _, taggedA := strings.Cut(a, "#")
+	rb, _, taggedB := strings.Cut(b, "#")
+	return ra == rb && taggedA != taggedB
 }
 
 // Wrapped is a root-key ciphertext and the version that made it.

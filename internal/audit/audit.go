@@ -17,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/keywarden/keywarden/internal/stored"
+	"github.com/keywarden/keywarden/keystore"
 )
 
 // Getter is the one etcd call audit makes (clientv3.KV narrowed), so that
@@ -95,10 +96,20 @@ type KEKReport struct {
 }
 
 // InUse counts the objects that need root key version keyID to be read:
-// those whose key_id is keyID. (keywarden's local KEK annotation must name
-// the same version, or the object counts as BadAnnotation and is unreadable
-// whatever happens to keyID.)
-func (r *Report) InUse(keyID string) int { return r.KeyIDs[keyID] }
+// those whose key_id names that version (keystore.SameVersion: a Vault
+// key_id written before key_ids named the key counts for the tagged one).
+// (keywarden's local KEK annotation must name the same version, or the
+// object counts as BadAnnotation and is unreadable whatever happens to
+// keyID.)
+func (r *Report) InUse(keyID string) int {
+	n := 0
+	for k, c := range r.KeyIDs {
+		if keystore.SameVersion(k, keyID) {
+			n += c
+		}
+	}
+	return n
+}
 
 // Run reads every key under the scopes, page by page, at one etcd revision.
 func Run(ctx context.Context, etcd Getter, opts Options) (*Report, error) {

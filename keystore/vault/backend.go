@@ -185,25 +185,72 @@ func (b *Backend) KeyID(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return b.keyID(m, m.latest)
+	return b.keyID(m, m.latest), nil
 }
 
-func (b *Backend) keyID(_ *keyMeta, v int) (string, error) {
-	return b.prefix + "v" + strconv.Itoa(v), nil
+// A key_id names a Transit key version and, by the version's creation time
+// (which Transit lists for every version from min_decryption_version on),
+// that version of this key and no other: a key deleted and re-created
+// under the same name restarts at v1, and its v1 has another time. The
+// form is "<mount>/keys/<name>:v<n>#<creation time, Unix seconds>". Before
+// keywarden 13's hardening, key_ids were "<mount>/keys/<name>:v<n>"; Unwrap
+// and the Manager calls still take that form, which is what every
+// existing cluster's etcd holds. (keystore.SameVersion says they name the
+// same version.)
+
+// keyID is the key_id of version v. A version Transit lists without a
+// creation time (disabled: below min_decryption_version) gets the untagged
+// form; Wrap and KeyID only ever name the latest version, which Transit
+// always lists.
+func (b *Backend) keyID(m *keyMeta, v int) string {
+	kid := b.prefix + "v" + strconv.Itoa(v)
+	if t, ok := m.created[v]; ok {
+		kid += "#" + strconv.FormatInt(t, 10)
+	}
+	return kid
 }
 
-// parseKeyID returns the version a key_id of this key names. A key_id of
-// another key is ErrKeyNotFound.
-func (b *Backend) parseKeyID(kid string) (int, error) {
-	vs, ok := strings.CutPrefix(kid, b.prefix+"v")
+// parseKeyID returns the version a key_id of this key names and, when the
+// key_id carries one, the creation time it names. A key_id of another key is
+// ErrKeyNotFound.
+func (b *Backend) parseKeyID(kid string) (v int, created int64, tagged bool, err error) {
+	rest, ok := strings.CutPrefix(kid, b.prefix+"v")
 	if !ok {
-		return 0, fmt.Errorf("%w: key_id %q does not name vault key %sv<n>", keystore.ErrKeyNotFound, kid, b.prefix)
+		return 0, 0, false, fmt.Errorf("%w: key_id %q does not name vault key %sv<n>", keystore.ErrKeyNotFound, short(kid), b.prefix)
 	}
-	v, err := strconv.Atoi(vs)
+	vs, ts, tagged := strings.Cut(rest, "#")
+	v, err = strconv.Atoi(vs)
 	if err != nil || v < 1 || vs != strconv.Itoa(v) {
-		return 0, fmt.Errorf("%w: malformed vault key_id %q", keystore.ErrKeyNotFound, kid)
+		return 0, 0, false, fmt.Errorf("%w: malformed vault key_id %q", keystore.ErrKeyNotFound, short(kid))
 	}
-	return v, nil
+	if tagged {
+		created, err = strconv.ParseInt(ts, 10, 64)
+		if err != nil || created < 1 || ts != strconv.FormatInt(created, 10) {
+			return 0, 0, false, fmt.Errorf("%w: malformed vault key_id %q", keystore.ErrKeyNotFound, short(kid))
+		}
+	}
+	return v, created, tagged, nil
+}
+
+// checkCreated refuses a key_id whose version m lists with another
+// creation time: it names a version of a key deleted since. A version m
+// does not list (disabled, or newer than m) is left to Vault.
+func (b *Backend) checkCreated(m *keyMeta, kid string, v int, created int64, tagged bool) error {
+	if !tagged || m == nil {
+		return nil
+	}
+	if t, ok := m.created[v]; ok && t != created {
+		return fmt.Errorf("%w: key_id %q names version %d created at %d, but vault key %s's version %d was created at %d: the key was deleted and re-created since", keystore.ErrKeyNotFound, short(kid), v, created, b.cfg.name, v, t)
+	}
+	return nil
+}
+
+// short keeps error messages bounded when a caller sends a huge key_id.
+func short(s string) string {
+	if len(s) > 120 {
+		return s[:120] + "…"
+	}
+	return s
 }
 
 // Wrap implements keystore.Backend: Transit encrypt with aad as
@@ -217,15 +264,19 @@ func (b *Backend) Wrap(ctx context.Context, pt, aad []byte) (keystore.Wrapped, e
 	if err != nil {
 		return keystore.Wrapped{}, err
 	}
-	// A version newer than the cached metadata: someone rotated. Read the
-	// key now so that KeyID follows what Wrap used.
-	if m, ok := b.meta.Peek(); !ok || v > m.latest {
-		if _, err := b.refreshMeta(ctx); err != nil {
+	// A version newer than the cached metadata (someone rotated), or one
+	// it has no creation time for: read the key now, so that KeyID follows
+	// what Wrap used and the key_id names the version's creation time.
+	m, ok := b.meta.Peek()
+	if !ok || v > m.latest || m.created[v] == 0 {
+		if m, err = b.refreshMeta(ctx); err != nil {
 			return keystore.Wrapped{}, err
 		}
 	}
-	kid, _ := b.keyID(nil, v)
-	return keystore.Wrapped{KeyID: kid, Ciphertext: raw}, nil
+	if _, listed := m.created[v]; !listed {
+		return keystore.Wrapped{}, fmt.Errorf("%w: vault encrypted with version %d of key %s, which its key read does not list", keystore.ErrUnavailable, v, b.cfg.name)
+	}
+	return keystore.Wrapped{KeyID: b.keyID(m, v), Ciphertext: raw}, nil
 }
 
 // Unwrap implements keystore.Backend: Transit decrypt of the version the
@@ -234,15 +285,20 @@ func (b *Backend) Unwrap(ctx context.Context, w keystore.Wrapped, aad []byte) ([
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	v, err := b.parseKeyID(w.KeyID)
+	v, created, tagged, err := b.parseKeyID(w.KeyID)
 	if err != nil {
 		return nil, err
 	}
 	if n := len(w.Ciphertext); n < minCiphertext || n > maxCiphertext {
 		return nil, fmt.Errorf("%w: vault ciphertext is %d bytes, want %d..%d", keystore.ErrInvalid, n, minCiphertext, maxCiphertext)
 	}
-	// Vault itself refuses a version that is too new (NotFound), below
-	// min_decryption_version or trimmed (disabled): no metadata needed.
+	// A version of a key deleted since is refused from the cached
+	// metadata, without a call. Vault itself refuses a version that is too
+	// new (NotFound), below min_decryption_version or trimmed (disabled).
+	m, _ := b.meta.Peek()
+	if err := b.checkCreated(m, w.KeyID, v, created, tagged); err != nil {
+		return nil, err
+	}
 	return b.decrypt(ctx, v, w.Ciphertext, aad)
 }
 

@@ -79,6 +79,11 @@ func parseURI(s string) (config, error) {
 	if !ok || mount == "" || name == "" || strings.Contains(name, "/") {
 		return bad("path %q: want /<transit mount>/keys/<key name>", u.Path)
 	}
+	// A key_id is "<mount>/keys/<name>:v<n>#<time>": the version and the
+	// time take at most 32 bytes.
+	if n := len(mount) + len("/keys/") + len(name) + 1; n > keystore.MaxKeyIDLen-32 {
+		return bad("mount and key name are %d bytes; key_ids must stay under %d", n, keystore.MaxKeyIDLen)
+	}
 	q := u.Query()
 	c := config{mount: mount, name: name, namespace: q.Get("namespace"), certRole: q.Get("cert-role"), Options: remote.DefaultOptions()}
 	for _, k := range []string{"timeout", "key-id-ttl"} {

@@ -29,8 +29,7 @@ func (b *Backend) List(ctx context.Context) ([]keystore.KeyVersion, error) {
 	// (from min_decryption_version on); older ones are listed without.
 	var out []keystore.KeyVersion
 	for v := max(m.minAvail, 1); v <= m.latest; v++ {
-		kid, _ := b.keyID(m, v)
-		kv := keystore.KeyVersion{KeyID: kid, State: keystore.KeyEnabled, Primary: v == m.latest}
+		kv := keystore.KeyVersion{KeyID: b.keyID(m, v), State: keystore.KeyEnabled, Primary: v == m.latest}
 		if v < m.minDec {
 			kv.State = keystore.KeyDisabled
 		}
@@ -58,11 +57,7 @@ func (b *Backend) Add(ctx context.Context) (keystore.KeyVersion, error) {
 	if err != nil {
 		return keystore.KeyVersion{}, err
 	}
-	kid, err := b.keyID(m, m.latest)
-	if err != nil {
-		return keystore.KeyVersion{}, err
-	}
-	return keystore.KeyVersion{KeyID: kid, State: keystore.KeyEnabled, Primary: true, Created: time.Unix(m.created[m.latest], 0).UTC()}, nil
+	return keystore.KeyVersion{KeyID: b.keyID(m, m.latest), State: keystore.KeyEnabled, Primary: true, Created: time.Unix(m.created[m.latest], 0).UTC()}, nil
 }
 
 // Promote implements keystore.Manager. Only the latest version can be
@@ -156,14 +151,18 @@ func (b *Backend) setMinDecryption(ctx context.Context, v int) error {
 	return err
 }
 
-// version resolves a key_id of this key against fresh metadata.
+// version resolves a key_id of this key, in either form, against fresh
+// metadata.
 func (b *Backend) version(ctx context.Context, keyID string) (int, *keyMeta, error) {
-	v, err := b.parseKeyID(keyID)
+	v, created, tagged, err := b.parseKeyID(keyID)
 	if err != nil {
 		return 0, nil, err
 	}
 	m, err := b.refreshMeta(ctx)
 	if err != nil {
+		return 0, nil, err
+	}
+	if err := b.checkCreated(m, keyID, v, created, tagged); err != nil {
 		return 0, nil, err
 	}
 	if v > m.latest || v < max(m.minAvail, 1) {

@@ -70,6 +70,7 @@ func TestParseURI(t *testing.T) {
 		{name: "cert without cert", uri: "hcvault://v:8200/transit/keys/kw?auth=cert", wantErr: true},
 		{name: "relative file", uri: "hcvault://v:8200/transit/keys/kw?token-file=token", wantErr: true},
 		{name: "unknown param", uri: "hcvault://v:8200/transit/keys/kw?token-file=" + tok + "&tokenfile=x", wantErr: true},
+		{name: "key_id too long", uri: "hcvault://v:8200/transit/keys/" + strings.Repeat("k", 480) + "?token-file=" + tok, wantErr: true},
 		{name: "repeated param", uri: "hcvault://v:8200/transit/keys/kw?token-file=" + tok + "&token-file=" + tok, wantErr: true},
 		{name: "userinfo", uri: "hcvault://root@v:8200/transit/keys/kw?token-file=" + tok, wantErr: true},
 		{name: "bad timeout", uri: "hcvault://v:8200/transit/keys/kw?token-file=" + tok + "&timeout=1ms", wantErr: true},
@@ -94,13 +95,26 @@ func TestParseURI(t *testing.T) {
 
 func TestParseKeyID(t *testing.T) {
 	b := &Backend{prefix: "transit/keys/kw:"}
-	v, err := b.parseKeyID("transit/keys/kw:v3")
-	if err != nil || v != 3 {
-		t.Fatalf("got %d %v", v, err)
+	tests := []struct {
+		kid     string
+		v       int
+		created int64
+		tagged  bool
+	}{
+		{"transit/keys/kw:v3", 3, 0, false}, // the form before key_ids named the key
+		{"transit/keys/kw:v3#1733212345", 3, 1733212345, true},
+	}
+	for _, tc := range tests {
+		v, created, tagged, err := b.parseKeyID(tc.kid)
+		if err != nil || v != tc.v || created != tc.created || tagged != tc.tagged {
+			t.Errorf("parseKeyID(%q) = %d, %d, %v, %v", tc.kid, v, created, tagged, err)
+		}
 	}
 	for _, kid := range []string{"", "transit/keys/kw:", "transit/keys/kw:v", "transit/keys/kw:v0", "transit/keys/kw:v01",
-		"transit/keys/kw:v1:1", "transit/keys/kw:v1x", "transit/keys/kx:v1", "transit/keys/kw:v-1", "transit/keys/kw:v+1", "other/keys/kw:v1"} {
-		if _, err := b.parseKeyID(kid); !errors.Is(err, keystore.ErrKeyNotFound) {
+		"transit/keys/kw:v1:1", "transit/keys/kw:v1x", "transit/keys/kx:v1", "transit/keys/kw:v-1", "transit/keys/kw:v+1", "other/keys/kw:v1",
+		"transit/keys/kw:v1#", "transit/keys/kw:v1#01", "transit/keys/kw:v1#-5", "transit/keys/kw:v1#0", "transit/keys/kw:v1#x",
+		"transit/keys/kw:v1#1#2", "transit/keys/kw:v1#+5", "transit/keys/kw:#5", "transit/keys/kw:v1#99999999999999999999"} {
+		if _, _, _, err := b.parseKeyID(kid); !errors.Is(err, keystore.ErrKeyNotFound) {
 			t.Errorf("parseKeyID(%q) = %v, want ErrKeyNotFound", kid, err)
 		}
 	}
@@ -124,7 +138,7 @@ func TestExternalRotation(t *testing.T) {
 		k1, _ := b.KeyID(ctx)
 		rotate()
 		k2, err := b.KeyID(ctx)
-		if err != nil || k1 == k2 || !strings.HasSuffix(k2, ":v2") {
+		if err != nil || k1 == k2 || !strings.Contains(k2, ":v2#") {
 			t.Fatalf("KeyID %q then %q (%v)", k1, k2, err)
 		}
 	})
