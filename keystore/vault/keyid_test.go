@@ -149,3 +149,44 @@ func TestKeyIDForms(t *testing.T) {
 		t.Fatalf("a key_id of another key reached Vault")
 	}
 }
+
+// On the dev server: a key deleted and re-created under the same name gets
+// new key_ids, and a keywarden opened after that (a restart) refuses the old
+// key's key_ids instead of sending them to the new key.
+func TestRecreatedKeyNewKeyID(t *testing.T) {
+	needServer(t)
+	ctx := context.Background()
+	name := newKey(t)
+	b1 := openKey(t, name)
+	k1, err := b1.KeyID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := b1.Wrap(ctx, []byte("0123456789abcdef0123456789abcdef"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = b1.Close()
+	if _, err := srv.admin.Logical().Write(srv.mount+"/keys/"+name+"/config", map[string]any{"deletion_allowed": true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.admin.Logical().Delete(srv.mount + "/keys/" + name); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // creation times have one-second resolution
+	if _, err := srv.admin.Logical().Write(srv.mount+"/keys/"+name, map[string]any{"type": "aes256-gcm96"}); err != nil {
+		t.Fatal(err)
+	}
+	b2 := openKey(t, name)
+	defer b2.Close()
+	k2, err := b2.KeyID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k1 == k2 {
+		t.Fatalf("KeyID %q before and after the key was deleted and re-created", k1)
+	}
+	if _, err := b2.Unwrap(ctx, w, nil); !errors.Is(err, keystore.ErrKeyNotFound) {
+		t.Fatalf("Unwrap under the deleted key's key_id %q: %v, want ErrKeyNotFound", w.KeyID, err)
+	}
+}
