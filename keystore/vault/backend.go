@@ -192,11 +192,10 @@ func (b *Backend) KeyID(ctx context.Context) (string, error) {
 // (which Transit lists for every version from min_decryption_version on),
 // that version of this key and no other: a key deleted and re-created
 // under the same name restarts at v1, and its v1 has another time. The
-// form is "<mount>/keys/<name>:v<n>#<creation time, Unix seconds>". Before
-// keywarden 13's hardening, key_ids were "<mount>/keys/<name>:v<n>"; Unwrap
-// and the Manager calls still take that form, which is what every
-// existing cluster's etcd holds. (keystore.SameVersion says they name the
-// same version.)
+// form is "<mount>/keys/<name>:v<n>#<creation time, Unix seconds>".
+// Earlier keywarden versions wrote "<mount>/keys/<name>:v<n>", which
+// existing clusters' etcd holds; Unwrap and the Manager calls still take
+// that form (keystore.SameVersion: both name the same version).
 
 // keyID is the key_id of version v. A version Transit lists without a
 // creation time (disabled: below min_decryption_version) gets the untagged
