@@ -51,6 +51,8 @@ type keystoreKind struct {
 	name string
 	// require names the variable that makes a missing keystore a failure.
 	require string
+	// sequential: its cells must not run at the same time.
+	sequential bool
 	// missing says why the keystore cannot run here ("" if it can).
 	missing func() string
 	// na gives the footnote of every fault that does not apply.
@@ -127,7 +129,7 @@ var fileKeystore = keystoreKind{
 	missing: func() string { return "" },
 	na: map[fault]string{
 		fHang: naLocal, fRefused: naLocal, fLatency: naLocal, fThrottled: naLocal, fServerError: naLocal,
-		fCredsRevoked: naNoCreds, fTokenRemoved: naPKCS11Only,
+		fCredsRevoked: naNoCreds, fTokenRemoved: naPKCS11Only, fHangPastAge: naLocal,
 	},
 	newCell: func(t *testing.T, _ fault) *cellKeystore {
 		path := filepath.Join(t.TempDir(), "keyset.json")
@@ -223,11 +225,13 @@ func hsmURI(token, object string) string {
 }
 
 var pkcs11Keystore = keystoreKind{
-	name:    "pkcs11",
-	require: "KEYWARDEN_REQUIRE_SOFTHSM",
-	missing: func() string { return hsm.why },
+	name:       "pkcs11",
+	require:    "KEYWARDEN_REQUIRE_SOFTHSM",
+	sequential: true,
+	missing:    func() string { return hsm.why },
 	na: map[fault]string{
 		fHang: naInProcess, fRefused: naInProcess, fLatency: naInProcess, fThrottled: naInProcess, fServerError: naInProcess,
+		fHangPastAge: naInProcess,
 	},
 	newCell: func(t *testing.T, f fault) *cellKeystore {
 		token := hsm.shared
