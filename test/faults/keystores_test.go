@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,7 +19,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awskms "github.com/aws/aws-sdk-go-v2/service/kms"
 	vaultapi "github.com/hashicorp/vault/api"
-	p11 "github.com/miekg/pkcs11"
 	lkmsconfig "github.com/nsmithuk/local-kms/src/config"
 	lkmsdata "github.com/nsmithuk/local-kms/src/data"
 	lkmshandler "github.com/nsmithuk/local-kms/src/handler"
@@ -266,43 +266,6 @@ var pkcs11Keystore = keystoreKind{
 	},
 }
 
-// setPIN changes a token's user PIN through this process's SoftHSM (already
-// initialized by the keystore package: the second C_Initialize says so and
-// is harmless; this context is never finalized).
-func setPIN(t *testing.T, label, oldPIN, newPIN string) {
-	t.Helper()
-	c := p11.New(hsm.module)
-	if c == nil {
-		t.Fatalf("load %s", hsm.module)
-	}
-	if err := c.Initialize(); err != nil && err != p11.Error(p11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
-		t.Fatalf("C_Initialize: %v", err)
-	}
-	slots, err := c.GetSlotList(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range slots {
-		ti, err := c.GetTokenInfo(s)
-		if err != nil || ti.Label != label {
-			continue
-		}
-		sh, err := c.OpenSession(s, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
-		if err != nil {
-			t.Fatalf("C_OpenSession: %v", err)
-		}
-		defer func() { _ = c.CloseSession(sh) }()
-		if err := c.Login(sh, p11.CKU_USER, oldPIN); err != nil && err != p11.Error(p11.CKR_USER_ALREADY_LOGGED_IN) {
-			t.Fatalf("C_Login: %v", err)
-		}
-		if err := c.SetPIN(sh, oldPIN, newPIN); err != nil {
-			t.Fatalf("C_SetPIN: %v", err)
-		}
-		return
-	}
-	t.Fatalf("no token %q", label)
-}
-
 // ---- AWS KMS (local-kms) ----
 
 const (
@@ -459,6 +422,8 @@ func setupVault(dir string) func() {
 	cmd := exec.Command(bin, "server", "-dev", "-dev-root-token-id=root", "-dev-no-store-token", "-dev-listen-address="+vault.addr)
 	cmd.Env = []string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// Killed with this process, even if it dies before its cleanup runs.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		vault.why = fmt.Sprintf("start %s: %v", bin, err)
 		return func() {}

@@ -105,6 +105,7 @@ func launch(t *testing.T, uri, stateFile string) *plugin {
 	args := append([]string{"--listen", "unix://" + p.sock, "--keystore", uri, "--metrics-addr", addr, "--state-file", stateFile}, keywardenArgs()...)
 	p.cmd = exec.Command(keywardenBin, args...)
 	p.cmd.Stderr = p.logs
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
