@@ -57,6 +57,23 @@ func (f fault) String() string {
 	}[f]
 }
 
+// testName is the row's name as a subtest name: letters, digits and
+// underscores only, since it also names the test's temporary directories,
+// and their paths go into keystore URIs.
+func (f fault) testName() string {
+	return strings.Trim(strings.Map(func(r rune) rune {
+		switch {
+		case r == '+':
+			return 'p'
+		case r == '−':
+			return 'm'
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+			return r
+		}
+		return '_'
+	}, f.String()), "_")
+}
+
 // Clock jumps, in keywarden's injected clock (kms.Config.Now) only.
 const (
 	clockForward = 30 * 24 * time.Hour // past the default --kek-max-age (7 days)
@@ -111,7 +128,7 @@ func TestFaultMatrix(t *testing.T) {
 					cell := func() {
 						sem <- struct{}{}
 						defer func() { <-sem }()
-						t.Run(strings.ReplaceAll(f.String(), " ", "_"), func(t *testing.T) {
+						t.Run(f.testName(), func(t *testing.T) {
 							begin := time.Now()
 							if f == fClockForward || f == fClockBack || f == fHangPastAge {
 								rows[i] = runClockCell(t, ks, f)
