@@ -69,7 +69,7 @@ const (
 	naLocal      = "The keyset is a local file that keywarden reads itself: there is no network between them to hang, refuse, delay or throttle."
 	naNoCreds    = "The file keystore has no credentials: access is the keyset file's mode and owner, checked when it is opened."
 	naPKCS11Only = "Only PKCS#11 has tokens."
-	naInProcess  = "The PKCS#11 module is a library inside keywarden and SoftHSM2 is local: there is no network to hang, refuse, delay or throttle. (A network HSM's client library can hang; its own timeouts then apply, plus --keystore-timeout.)"
+	naInProcess  = "The PKCS#11 module is a library inside keywarden and SoftHSM2 is local: there is no network to hang, refuse, delay or throttle. (A network HSM's client library can hang; SoftHSM2 gives no way to make it.)"
 	naLocalKMS   = "local-kms checks no credentials (any signature is accepted), so a revoked access key cannot be produced; keystore/awskms classifies AccessDeniedException and UnrecognizedClientException as PermissionDenied."
 )
 
