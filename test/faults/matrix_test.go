@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	kmsapi "k8s.io/kms/apis/v2"
 
@@ -182,7 +183,7 @@ func runCell(t *testing.T, ks keystoreKind, f fault) row {
 
 	p := start(t, c.uri, stateFile)
 	warm, o := p.encrypt()
-	if o.code != 0 {
+	if o.code != codes.OK {
 		t.Fatalf("Encrypt before the fault: %v", o)
 	}
 	all0, failed0 := p.checks()
@@ -387,7 +388,7 @@ func runClockCell(t *testing.T, ks keystoreKind, f fault) row {
 		t.Fatal(err)
 	}
 	warm, o := ip.encrypt()
-	if o.code != 0 {
+	if o.code != codes.OK {
 		t.Fatalf("Encrypt before the jump: %v", o)
 	}
 	jump := clockForward
