@@ -20,7 +20,7 @@ TAGS            ?=
 LEAN_TAGS       := noaws,nogcp,noazure,novault
 
 .PHONY: all build build-nopkcs11 build-lean run test unit fuzz lint fmt vet golangci-lint vulncheck \
-        bench bench-socket bench-keystores bench-quick bench-apiserver e2e-tools vault-tools e2e image clean kind-up kind-e2e kind-down
+        bench bench-socket bench-keystores bench-quick bench-apiserver e2e-tools vault-tools e2e faults faults-update image clean kind-up kind-e2e kind-down
 
 all: build
 
@@ -112,6 +112,16 @@ e2e-tools:
 # with test/keystores/servers.sh; set VAULT_ADDR/VAULT_TOKEN to run them).
 vault-tools:
 	bash test/vault/tools/build.sh
+
+# The fault matrix (docs/reliability.md): the real keywarden against file,
+# SoftHSM2, Vault and local-kms keystores, one fault at a time. `make unit`
+# runs it too; it needs root (a tmpfs for the disk-full cell), softhsm2 and
+# the Vault binary. faults-update rewrites the tables in docs/reliability.md.
+faults: vault-tools
+	KEYWARDEN_REQUIRE_VAULT=1 KEYWARDEN_REQUIRE_SOFTHSM=1 $(GO) test -count=1 -run '^TestFaultMatrix$$' -v ./test/faults/
+
+faults-update: vault-tools
+	KEYWARDEN_REQUIRE_VAULT=1 KEYWARDEN_REQUIRE_SOFTHSM=1 $(GO) test -count=1 -run '^TestFaultMatrix$$' ./test/faults/ -args -update
 
 e2e: build e2e-tools
 	$(GO) test -count=1 -timeout 30m -tags e2e ./test/e2e/... -v
