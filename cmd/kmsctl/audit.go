@@ -34,7 +34,7 @@ func (r *resourceFlags) add(cmd *cobra.Command, def []string) {
 	r.defaultRes = def
 	cmd.Flags().StringSliceVar(&r.resources, "resources", nil,
 		fmt.Sprintf("resources to cover, as an EncryptionConfiguration names them (default %s)", strings.Join(def, ",")))
-	cmd.Flags().StringVar(&r.encConfig, "encryption-config", "", "read the resources from kube-apiserver's EncryptionConfiguration file (those whose first provider is not identity)")
+	cmd.Flags().StringVar(&r.encConfig, "encryption-config", "", "read the resources from kube-apiserver's EncryptionConfiguration file (every resource named with a provider other than identity, in any position)")
 	cmd.MarkFlagsMutuallyExclusive("resources", "encryption-config")
 }
 
@@ -131,12 +131,26 @@ func (e *etcdFlags) client() (*clientv3.Client, error) {
 	return clientv3.New(cfg)
 }
 
-// run audits etcd; progress, if not nil, gets a line now and then.
+// run audits the resources of e.res; progress, if not nil, gets a line now
+// and then.
 func (e *etcdFlags) run(ctx context.Context, progress io.Writer) (*auditOut, error) {
 	names, err := e.res.names()
 	if err != nil {
 		return nil, err
 	}
+	return e.runScopes(ctx, progress, names)
+}
+
+// runAll audits every value under --prefix, whatever the resource: the
+// evidence keys disable and destroy need.
+func (e *etcdFlags) runAll(ctx context.Context, progress io.Writer) (*auditOut, error) {
+	return e.runScopes(ctx, progress, []string{allResources})
+}
+
+// allResources names every key under the etcd prefix (audit.Scopes).
+const allResources = "*.*"
+
+func (e *etcdFlags) runScopes(ctx context.Context, progress io.Writer, names []string) (*auditOut, error) {
 	scopes, err := audit.Scopes(e.prefix, names)
 	if err != nil {
 		return nil, usageError{err}
@@ -176,7 +190,7 @@ func loadAuditReport(path string) (*auditOut, error) {
 		return nil, usageError{err}
 	}
 	var a auditOut
-	if err := json.Unmarshal(b, &a); err != nil || a.Report == nil || a.KeyIDs == nil || a.Time.IsZero() {
+	if err := json.Unmarshal(b, &a); err != nil || a.Report == nil || a.KeyIDs == nil || len(a.Resources) == 0 || a.Time.IsZero() {
 		return nil, usageError{fmt.Errorf("--audit-report %s is not the JSON of `kmsctl audit -o json` (%v)", path, err)}
 	}
 	return &a, nil
@@ -252,13 +266,20 @@ Resources map to etcd keys as kube-apiserver stores them: secrets under
 prefix.
 
 With --fail-on-plaintext or --fail-on-key, exits 3 when the gate fails: use
-them in CI and before retiring a key.`,
+them in CI and before retiring a key.
+
+keys disable and destroy accept as evidence (--audit-report) only an audit
+of every value under --prefix, whatever the resource: --resources '*.*'.
+An object that an EncryptionConfiguration no longer lists, or a custom
+resource nobody thought of, is still under the key.`,
 		Example: `  kmsctl audit --etcd-endpoints https://127.0.0.1:2379 \
     --cacert /etc/kubernetes/pki/etcd/ca.crt \
     --cert /etc/kubernetes/pki/apiserver-etcd-client.crt --key /etc/kubernetes/pki/apiserver-etcd-client.key \
     --encryption-config /etc/kubernetes/enc/encryption-config.yaml
   kmsctl audit --etcd-endpoints http://127.0.0.1:2379 --resources secrets,configmaps \
-    --fail-on-plaintext --fail-on-key tink:3473997605:81291f5360ee4023 -o json > audit.json`,
+    --fail-on-plaintext --fail-on-key tink:3473997605:81291f5360ee4023
+  kmsctl audit --etcd-endpoints http://127.0.0.1:2379 --resources '*.*' \
+    --fail-on-key tink:3473997605:81291f5360ee4023 -o json > audit.json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			a, err := e.run(cmd.Context(), g.stderr)

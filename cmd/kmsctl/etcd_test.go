@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/keywarden/keywarden/internal/etcdtest"
+	"github.com/keywarden/keywarden/keystore"
 )
 
 const (
@@ -66,33 +69,87 @@ func TestAuditCommand(t *testing.T) {
 	}
 }
 
-// TestDestroyLiveAudit: destroy audits etcd itself and refuses while any
-// object is under the version.
+// TestDestroyLiveAudit: destroy audits every value under the etcd prefix,
+// whatever the resource, and refuses while any object is under the
+// version: a ConfigMap or a custom resource under it counts although no
+// Secret is. Values are made for the key IDs this keyset has
+// (etcdtest.KMSValue), so the test runs whatever their length.
 func TestDestroyLiveAudit(t *testing.T) {
 	url, c := etcdtest.Start(t)
-	uri := newKeyset(t)
-	old := primary(t, uri)
-	id := addKey(t, uri)
-	run(t, "", false, "keys", "promote", "--keystore", uri, "--yes", id)
-	run(t, "", false, "keys", "disable", "--keystore", uri, old)
-	// One object under old: take a golden KMS value and swap its key_id for
-	// one of the same length.
-	v := etcdtest.GoldenValues(t)["/registry/secrets/default/g1"]
-	if len(old) != len(goldenKey1) {
-		t.Skipf("key id lengths differ (%q)", old)
+	uri, old, neu := retiredKeyset(t)
+	ctx := context.Background()
+	put := func(k string, v []byte) {
+		t.Helper()
+		if _, err := c.Put(ctx, k, string(v)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	s := strings.Replace(string(v), goldenKey1, old, 1)
-	if _, err := c.Put(context.Background(), "/registry/secrets/default/x", s); err != nil {
-		t.Fatal(err)
+	del := func(k string) {
+		t.Helper()
+		if _, err := c.Delete(ctx, k); err != nil {
+			t.Fatal(err)
+		}
 	}
+	// Every Secret is under the new version; a ConfigMap and a custom
+	// resource were left under the old one.
+	put("/registry/secrets/default/s", etcdtest.KMSValue(t, neu))
+	put("/registry/configmaps/default/cm", etcdtest.KMSValue(t, old))
+	put("/registry/example.com/widgets/default/w", etcdtest.KMSValue(t, old))
 	args := []string{"keys", "destroy", "--keystore", uri, "--etcd-endpoints", url, "--yes", old}
-	if r := run(t, "", false, args...); r.code != exitProblem || state(t, uri, old) != "disabled" {
-		t.Fatalf("destroy in use: %+v", r)
+	destroyed := func() bool { s := state(t, uri, old); return s == keystore.KeyDestroyed || s == "absent" }
+	if r := run(t, "", false, args...); r.code != exitProblem || destroyed() || !strings.Contains(r.stderr, "2 objects stored under it") {
+		t.Fatalf("destroy with a ConfigMap and a widget under it: %+v", r)
 	}
-	if _, err := c.Delete(context.Background(), "/registry/secrets/default/x"); err != nil {
+	// The old --resources and --encryption-config narrow nothing.
+	if r := run(t, "", false, append(args, "--resources", "secrets")...); r.code != exitProblem || destroyed() || !strings.Contains(r.stderr, "ignored") {
+		t.Fatalf("destroy --resources secrets: %+v", r)
+	}
+	del("/registry/configmaps/default/cm")
+	if r := run(t, "", false, args...); r.code != exitProblem || destroyed() || !strings.Contains(r.stderr, "1 objects stored under it") {
+		t.Fatalf("destroy with a widget under it: %+v", r)
+	}
+	// disable audits the same way.
+	if r := run(t, "", false, "keys", "enable", "--keystore", uri, old); r.code != 0 {
+		t.Fatalf("enable: %+v", r)
+	}
+	if r := run(t, "", false, "keys", "disable", "--keystore", uri, "--etcd-endpoints", url, old); r.code != exitProblem || state(t, uri, old) != keystore.KeyEnabled {
+		t.Fatalf("disable with a widget under it: %+v", r)
+	}
+	del("/registry/example.com/widgets/default/w")
+	if r := run(t, "", false, "keys", "disable", "--keystore", uri, "--etcd-endpoints", url, old); r.code != 0 || state(t, uri, old) != keystore.KeyDisabled {
+		t.Fatalf("disable unused: %+v", r)
+	}
+	// A wrong --prefix sees none of this keystore's objects: refused.
+	if r := run(t, "", false, append(args, "--prefix", "/kube")...); r.code != exitProblem || destroyed() || !strings.Contains(r.stderr, "no object under any other version") {
+		t.Fatalf("destroy under another prefix: %+v", r)
+	}
+	if r := run(t, "", false, args...); r.code != 0 || !destroyed() {
+		t.Fatalf("destroy unused: %+v", r)
+	}
+}
+
+// TestAuditIdentityFirst: a resource written in plaintext whose entry
+// still lists kms as a reader may hold values under the key: audit
+// --encryption-config covers it.
+func TestAuditIdentityFirst(t *testing.T) {
+	url, c := etcdtest.Start(t)
+	const key = "tink:12:0123456789abcdef"
+	if _, err := c.Put(context.Background(), "/registry/configmaps/default/cm", string(etcdtest.KMSValue(t, key))); err != nil {
 		t.Fatal(err)
 	}
-	if r := run(t, "", false, args...); r.code != 0 {
-		t.Fatalf("destroy unused: %+v", r)
+	enc := filepath.Join(t.TempDir(), "enc.yaml")
+	if err := os.WriteFile(enc, []byte(`apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+- resources: [configmaps]
+  providers:
+  - identity: {}
+  - kms: {apiVersion: v2, name: keywarden, endpoint: unix:///run/keywarden/kms.sock}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, "", false, "audit", "--etcd-endpoints", url, "--encryption-config", enc, "--fail-on-key", key)
+	if r.code != exitProblem || !strings.Contains(r.stderr, "1 objects under key_id "+key) {
+		t.Fatalf("%+v", r)
 	}
 }

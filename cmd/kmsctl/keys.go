@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/keystore"
 	"github.com/keywarden/keywarden/keystore/byuri"
 )
@@ -119,6 +121,7 @@ func newKeysCmd(g *globals) *cobra.Command {
 	}
 	var yes, force bool
 	var auditReport string
+	var maxAge time.Duration
 	var eDisable, eDestroy etcdFlags
 	primaryOf := func(vs []keystore.KeyVersion) string {
 		for _, v := range vs {
@@ -157,15 +160,16 @@ promote prints what will change and asks for confirmation on a terminal;
 	disable := action("disable", "Disable a non-primary version (reversible with enable)",
 		`disable makes a non-primary version unusable for Decrypt, reversibly (keys
 enable undoes it). Objects still under it become unreadable: run kmsctl audit
-first. Given --etcd-endpoints or --audit-report, disable refuses while the
-audit shows objects under the version, unless --force.`,
+first. Given --etcd-endpoints or --audit-report, disable checks the audit as
+destroy does (see keys destroy --help) and refuses while it counts objects
+under the version or is not evidence enough, unless --force.`,
 		"  kmsctl keys disable --keystore file:///etc/keywarden/keyset.json --etcd-endpoints http://127.0.0.1:2379 tink:123:0a1b2c3d4e5f6071",
 		func(m keystore.Manager) func(context.Context, string) error { return m.Disable },
-		func(cmd *cobra.Command, _ keystore.Manager, _ []keystore.KeyVersion, v keystore.KeyVersion) error {
+		func(cmd *cobra.Command, _ keystore.Manager, vs []keystore.KeyVersion, v keystore.KeyVersion) error {
 			if !eDisable.set() && auditReport == "" {
 				return nil
 			}
-			return g.checkUnused(cmd.Context(), &eDisable, auditReport, v.KeyID, force, "disable")
+			return g.checkUnused(cmd.Context(), &eDisable, retire{report: auditReport, maxAge: maxAge, force: force, verb: "disable"}, vs, v.KeyID)
 		})
 	enable := action("enable", "Re-enable a disabled version", "", "  kmsctl keys enable --keystore file:///etc/keywarden/keyset.json tink:123:0a1b2c3d4e5f6071",
 		func(m keystore.Manager) func(context.Context, string) error { return m.Enable }, nil)
@@ -173,22 +177,34 @@ audit shows objects under the version, unless --force.`,
 		`destroy deletes a disabled version's key material for good: every object
 still stored under it becomes unreadable forever.
 
-It needs evidence that nothing uses the version: a live audit of etcd
-(--etcd-endpoints, with --encryption-config or --resources naming every
-encrypted resource) or the JSON of an earlier kmsctl audit (--audit-report).
-It refuses while that audit counts any object under the version; --force
-overrides it (and the lack of evidence) with a loud warning.
+It needs evidence that nothing uses the version, and checks that evidence:
+
+  --etcd-endpoints  a live audit of every value under --prefix (kube-apiserver's
+                    --etcd-prefix), whatever the resource: Secrets, ConfigMaps,
+                    custom resources, anything an EncryptionConfiguration ever
+                    encrypted. --resources and --encryption-config are ignored.
+  --audit-report    the JSON of an earlier kmsctl audit --resources '*.*'.
+
+It refuses (exit 3) while the audit counts any object under the version, and
+also when the audit is not evidence enough: it covers less than every value
+under --prefix; it is not one etcd snapshot (etcd compacted mid-scan); it
+counts no object under any other version of this keystore (so it read another
+cluster's etcd, or the wrong --prefix: after a rotation, the objects are under
+the new primary); or, for a report, it is older than --audit-max-age (default
+1h) or dated over 5 minutes in the future. --force overrides any of these,
+and the lack of evidence, after printing a warning that names each one.
 
 It prints what will change and needs --yes when stdin is not a terminal.`,
-		`  kmsctl keys destroy --keystore file:///etc/keywarden/keyset.json     --etcd-endpoints https://127.0.0.1:2379 --cacert ca.crt --cert client.crt --key client.key     --encryption-config /etc/kubernetes/enc/encryption-config.yaml --yes tink:123:0a1b2c3d4e5f6071
-  kmsctl audit ... -o json > audit.json
+		`  kmsctl keys destroy --keystore file:///etc/keywarden/keyset.json \
+    --etcd-endpoints https://127.0.0.1:2379 --cacert ca.crt --cert client.crt --key client.key --yes tink:123:0a1b2c3d4e5f6071
+  kmsctl audit --etcd-endpoints https://127.0.0.1:2379 ... --resources '*.*' -o json > audit.json
   kmsctl keys destroy --keystore file:///etc/keywarden/keyset.json --audit-report audit.json tink:123:0a1b2c3d4e5f6071`,
 		func(m keystore.Manager) func(context.Context, string) error { return m.Destroy },
-		func(cmd *cobra.Command, _ keystore.Manager, _ []keystore.KeyVersion, v keystore.KeyVersion) error {
+		func(cmd *cobra.Command, _ keystore.Manager, vs []keystore.KeyVersion, v keystore.KeyVersion) error {
 			if v.Primary || v.State == keystore.KeyEnabled {
 				return fmt.Errorf("%w: %s is %s%s; disable it (and wait) before destroying it", keystore.ErrKeyDisabled, v.KeyID, v.State, map[bool]string{true: " and primary"}[v.Primary])
 			}
-			if err := g.checkUnused(cmd.Context(), &eDestroy, auditReport, v.KeyID, force, "destroy"); err != nil {
+			if err := g.checkUnused(cmd.Context(), &eDestroy, retire{report: auditReport, maxAge: maxAge, force: force, verb: "destroy"}, vs, v.KeyID); err != nil {
 				return err
 			}
 			return g.confirm(fmt.Sprintf("Will DESTROY root key version %s in %s: irreversible; anything still encrypted under it is lost.\n", v.KeyID, byuri.Redact(uri)), yes)
@@ -197,61 +213,118 @@ It prints what will change and needs --yes when stdin is not a terminal.`,
 		c.Flags().BoolVar(&yes, "yes", false, "confirm the change without asking")
 	}
 	for c, e := range map[*cobra.Command]*etcdFlags{disable: &eDisable, destroy: &eDestroy} {
-		c.Flags().BoolVar(&force, "force", false, "go ahead even if the audit shows objects under the version (they become unreadable)")
-		c.Flags().StringVar(&auditReport, "audit-report", "", "JSON from `kmsctl audit -o json` to check instead of a live audit")
+		c.Flags().BoolVar(&force, "force", false, "go ahead even if the audit shows objects under the version (they become unreadable) or is not evidence enough")
+		c.Flags().StringVar(&auditReport, "audit-report", "", "the JSON of kmsctl audit --resources '*.*' -o json, checked instead of a live audit")
+		c.Flags().DurationVar(&maxAge, "audit-max-age", time.Hour, "refuse an --audit-report older than this")
 		e.add(c, true)
+		// The audit covers every value under --prefix: these would only narrow it.
+		_ = c.Flags().MarkHidden("resources")
+		_ = c.Flags().MarkHidden("encryption-config")
 		c.MarkFlagsMutuallyExclusive("audit-report", "etcd-endpoints")
 	}
 	cmd.AddCommand(initCmd, list, add, promote, disable, enable, destroy)
 	return cmd
 }
 
-// checkUnused refuses to retire keyID while an audit (live, or the report
-// at path) counts objects under it, unless force, which warns loudly. With
-// neither an audit nor force it refuses too: retiring a key needs evidence.
-func (g *globals) checkUnused(ctx context.Context, e *etcdFlags, path, keyID string, force bool, verb string) error {
+// retire is how keys disable or destroy was asked to check its evidence.
+type retire struct {
+	report string        // --audit-report, or "" for a live audit
+	maxAge time.Duration // --audit-max-age
+	force  bool
+	verb   string // "disable" or "destroy"
+}
+
+// maxFutureSkew bounds how far in the future a report's time may be (clock
+// skew between the node that audited and this one).
+const maxFutureSkew = 5 * time.Minute
+
+// checkUnused refuses to retire keyID unless an audit (live, or the report
+// r.report) covers every value under the etcd prefix, at one snapshot,
+// recently, of the etcd this keystore's versions (vs) serve, and counts no
+// object under keyID. With r.force it warns loudly instead, naming each
+// check it overrides. With neither an audit nor force it refuses too:
+// retiring a key needs evidence.
+func (g *globals) checkUnused(ctx context.Context, e *etcdFlags, r retire, vs []keystore.KeyVersion, keyID string) error {
+	if e.res.encConfig != "" || len(e.res.resources) > 0 {
+		fmt.Fprintf(g.stderr, "warning: --resources and --encryption-config are ignored: %s audits every value under --prefix\n", r.verb)
+	}
 	var a *auditOut
 	var err error
 	switch {
-	case path != "":
-		a, err = loadAuditReport(path)
+	case r.report != "":
+		a, err = loadAuditReport(r.report)
 	case e.set():
-		a, err = e.run(ctx, g.stderr)
+		a, err = e.runAll(ctx, g.stderr)
 	default:
-		if force {
-			g.warnForce(verb, keyID, "no audit was given")
+		if r.force {
+			g.warnForce(r.verb, keyID, []string{"no audit was given"})
 			return nil
 		}
-		return usageError{fmt.Errorf("%s needs evidence that nothing uses %s: --etcd-endpoints (live audit) or --audit-report (or --force)", verb, keyID)}
+		return usageError{fmt.Errorf("%s needs evidence that nothing uses %s: --etcd-endpoints (live audit) or --audit-report (or --force)", r.verb, keyID)}
 	}
 	if err != nil {
 		return err
 	}
 	var scopes []string
-	for _, r := range a.Resources {
-		scopes = append(scopes, r.Prefix)
+	for _, s := range a.Resources {
+		scopes = append(scopes, s.Prefix)
 	}
 	n := a.InUse(keyID)
 	fmt.Fprintf(g.stderr, "audit at etcd revision %d (%s, %d objects under %v): %d under %s\n",
 		a.Revision, a.Time.Format("2006-01-02 15:04:05Z"), a.Objects, scopes, n, keyID)
-	if age := g.now().Sub(a.Time); path != "" && age > 24*time.Hour {
-		fmt.Fprintf(g.stderr, "warning: the audit report is %s old\n", age.Round(time.Minute))
+	whole, err := audit.Scopes(e.prefix, []string{allResources})
+	if err != nil {
+		return usageError{err}
 	}
-	if n == 0 {
+	var why []string
+	if !slices.Contains(scopes, whole[0].Prefix) {
+		why = append(why, fmt.Sprintf("the audit covers only %v, not every value under %s (kmsctl audit --resources '*.*' --prefix %s)", scopes, whole[0].Prefix, e.prefix))
+	}
+	if !a.Consistent {
+		why = append(why, "the audit is not one etcd snapshot (etcd compacted it mid-scan): audit again")
+	}
+	var others []string
+	seen := 0
+	for _, v := range vs {
+		if v.KeyID != keyID {
+			others = append(others, v.KeyID)
+			seen += a.InUse(v.KeyID)
+		}
+	}
+	if seen == 0 {
+		why = append(why, fmt.Sprintf("the audit counts no object under any other version of this keystore (%s): it read another cluster's etcd or the wrong --prefix, or nothing is encrypted under the new primary yet", strings.Join(others, ", ")))
+	}
+	if r.report != "" {
+		switch age := g.now().Sub(a.Time); {
+		case age > r.maxAge:
+			why = append(why, fmt.Sprintf("the audit report is %s old (--audit-max-age %s): audit again", age.Round(time.Minute), r.maxAge))
+		case age < -maxFutureSkew:
+			why = append(why, fmt.Sprintf("the audit report is dated %s in the future: check the clocks, audit again", (-age).Round(time.Minute)))
+		}
+	}
+	if n > 0 {
+		why = append(why, fmt.Sprintf("the audit counts %d objects stored under it (run kmsctl migrate, then audit again)", n))
+	}
+	if len(why) == 0 {
 		return nil
 	}
-	if force {
-		g.warnForce(verb, keyID, fmt.Sprintf("the audit counts %d objects under it", n))
+	if r.force {
+		g.warnForce(r.verb, keyID, why)
 		return nil
 	}
-	return problem("refusing to %s %s: the audit counts %d objects stored under it (run kmsctl migrate, then audit again; --force overrides)", verb, keyID, n)
+	return problem("refusing to %s %s: %s (--force overrides)", r.verb, keyID, strings.Join(why, "; "))
 }
 
-func (g *globals) warnForce(verb, keyID, why string) {
+// warnForce prints, in a banner, that --force overrides each reason why.
+func (g *globals) warnForce(verb, keyID string, why []string) {
+	var b strings.Builder
+	for _, w := range why {
+		fmt.Fprintf(&b, "!!!   - %s\n", w)
+	}
 	fmt.Fprintf(g.stderr, "\n"+
 		"!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"+
-		"!!! WARNING: --force: %s %s although %s.\n"+
+		"!!! WARNING: --force: %s %s although:\n%s"+
 		"!!! Objects stored under it will fail to decrypt%s.\n"+
 		"!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n",
-		verb, keyID, why, map[string]string{"destroy": " FOREVER", "disable": " until you run keys enable"}[verb])
+		verb, keyID, b.String(), map[string]string{"destroy": " FOREVER", "disable": " until you run keys enable"}[verb])
 }

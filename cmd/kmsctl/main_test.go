@@ -155,11 +155,16 @@ func TestPromoteConfirmation(t *testing.T) {
 	}
 }
 
-// writeReport writes an audit report as `kmsctl audit -o json` would.
+// writeReport writes an audit report as `kmsctl audit --resources '*.*'
+// -o json` would: every value under /registry, one snapshot.
 func writeReport(t *testing.T, keyIDs map[string]int, at time.Time) string {
 	t.Helper()
-	a := auditOut{Report: &audit.Report{Revision: 9, Consistent: true, KeyIDs: keyIDs, Providers: map[string]int{},
-		Resources: []audit.ResourceReport{{Scope: audit.Scope{Resource: "secrets", Prefix: "/registry/secrets/"}}}}, Time: at}
+	return writeAudit(t, auditOut{Report: &audit.Report{Revision: 9, Consistent: true, KeyIDs: keyIDs, Providers: map[string]int{},
+		Resources: []audit.ResourceReport{{Scope: audit.Scope{Resource: "*.*", Prefix: "/registry/"}}}}, Time: at})
+}
+
+func writeAudit(t *testing.T, a auditOut) string {
+	t.Helper()
 	b, err := json.Marshal(a)
 	if err != nil {
 		t.Fatal(err)
@@ -169,6 +174,104 @@ func writeReport(t *testing.T, keyIDs map[string]int, at time.Time) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// retiredKeyset makes a keyset whose first version, old, is disabled and
+// whose second, neu, is primary.
+func retiredKeyset(t *testing.T) (uri, old, neu string) {
+	t.Helper()
+	uri = newKeyset(t)
+	old = primary(t, uri)
+	neu = addKey(t, uri)
+	if r := run(t, "", false, "keys", "promote", "--keystore", uri, "--yes", neu); r.code != 0 {
+		t.Fatalf("promote: %+v", r)
+	}
+	if r := run(t, "", false, "keys", "disable", "--keystore", uri, old); r.code != 0 {
+		t.Fatalf("disable: %+v", r)
+	}
+	return uri, old, neu
+}
+
+// TestDestroyReportChecks: an --audit-report that shows 0 objects under
+// the version is still refused (exit 3) when it is narrower than the whole
+// etcd prefix, not one snapshot, not of this keystore's etcd, or too old;
+// --force accepts it with a warning naming what it overrides.
+func TestDestroyReportChecks(t *testing.T) {
+	whole := []audit.ResourceReport{{Scope: audit.Scope{Resource: "*.*", Prefix: "/registry/"}}}
+	tests := []struct {
+		name   string
+		report func(old, neu string) auditOut
+		args   []string
+		code   int
+		stderr string
+	}{
+		{"secrets only", func(_, neu string) auditOut {
+			return auditOut{Report: &audit.Report{Consistent: true, KeyIDs: map[string]int{neu: 5},
+				Resources: []audit.ResourceReport{{Scope: audit.Scope{Resource: "secrets", Prefix: "/registry/secrets/"}}}}, Time: time.Now()}
+		}, nil, exitProblem, "covers only [/registry/secrets/]"},
+		{"encryption config resources", func(_, neu string) auditOut {
+			return auditOut{Report: &audit.Report{Consistent: true, KeyIDs: map[string]int{neu: 5},
+				Resources: []audit.ResourceReport{{Scope: audit.Scope{Resource: "secrets", Prefix: "/registry/secrets/"}},
+					{Scope: audit.Scope{Resource: "configmaps", Prefix: "/registry/configmaps/"}}}}, Time: time.Now()}
+		}, nil, exitProblem, "not every value under /registry/"},
+		{"another etcd prefix", func(_, neu string) auditOut {
+			return auditOut{Report: &audit.Report{Consistent: true, KeyIDs: map[string]int{neu: 5},
+				Resources: []audit.ResourceReport{{Scope: audit.Scope{Resource: "*.*", Prefix: "/kube/"}}}}, Time: time.Now()}
+		}, nil, exitProblem, "not every value under /registry/"},
+		{"not one snapshot", func(_, neu string) auditOut {
+			return auditOut{Report: &audit.Report{Consistent: false, KeyIDs: map[string]int{neu: 5}, Resources: whole}, Time: time.Now()}
+		}, nil, exitProblem, "not one etcd snapshot"},
+		{"another keystore", func(_, _ string) auditOut {
+			return auditOut{Report: &audit.Report{Consistent: true, KeyIDs: map[string]int{"tink:7:0123456789abcdef": 5}, Resources: whole}, Time: time.Now()}
+		}, nil, exitProblem, "no object under any other version of this keystore"},
+		{"too old", func(_, neu string) auditOut {
+			return auditOut{Report: &audit.Report{Consistent: true, KeyIDs: map[string]int{neu: 5}, Resources: whole}, Time: time.Now().Add(-2 * time.Hour)}
+		}, nil, exitProblem, "2h0m0s old (--audit-max-age 1h0m0s)"},
+		{"from the future", func(_, neu string) auditOut {
+			return auditOut{Report: &audit.Report{Consistent: true, KeyIDs: map[string]int{neu: 5}, Resources: whole}, Time: time.Now().Add(time.Hour)}
+		}, nil, exitProblem, "in the future"},
+		{"old, within a longer bound", func(_, neu string) auditOut {
+			return auditOut{Report: &audit.Report{Consistent: true, KeyIDs: map[string]int{neu: 5}, Resources: whole}, Time: time.Now().Add(-2 * time.Hour)}
+		}, []string{"--audit-max-age", "3h"}, 0, ""},
+		{"all good", func(old, neu string) auditOut {
+			return auditOut{Report: &audit.Report{Consistent: true, KeyIDs: map[string]int{neu: 5, old: 0}, Resources: whole}, Time: time.Now()}
+		}, nil, 0, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			uri, old, neu := retiredKeyset(t)
+			p := writeAudit(t, tt.report(old, neu))
+			args := append([]string{"keys", "destroy", "--keystore", uri, "--audit-report", p, "--yes", old}, tt.args...)
+			r := run(t, "", false, args...)
+			if r.code != tt.code || !strings.Contains(r.stderr, tt.stderr) || strings.Contains(r.stderr, "WARNING") {
+				t.Fatalf("exit %d, want %d; stderr %q, want %q", r.code, tt.code, r.stderr, tt.stderr)
+			}
+			if s := state(t, uri, old); (s == keystore.KeyDestroyed || s == "absent") != (tt.code == 0) {
+				t.Fatalf("state %s after exit %d", s, r.code)
+			}
+			if tt.code == 0 {
+				return
+			}
+			// The same for disable, on the version before it was disabled.
+			if r := run(t, "", false, "keys", "enable", "--keystore", uri, old); r.code != 0 {
+				t.Fatalf("enable: %+v", r)
+			}
+			r = run(t, "", false, "keys", "disable", "--keystore", uri, "--audit-report", p, old)
+			if r.code != tt.code || !strings.Contains(r.stderr, tt.stderr) || state(t, uri, old) != keystore.KeyEnabled {
+				t.Fatalf("disable: exit %d, want %d; stderr %q, want %q", r.code, tt.code, r.stderr, tt.stderr)
+			}
+			if r := run(t, "", false, "keys", "disable", "--keystore", uri, "--audit-report", p, "--force", old); r.code != 0 || state(t, uri, old) != keystore.KeyDisabled {
+				t.Fatalf("disable --force: %+v", r)
+			}
+			r = run(t, "", false, append(args, "--force")...)
+			if r.code != 0 || !strings.Contains(r.stderr, "WARNING: --force") || !strings.Contains(r.stderr, tt.stderr) {
+				t.Fatalf("--force: %+v", r)
+			}
+			if s := state(t, uri, old); s != keystore.KeyDestroyed && s != "absent" {
+				t.Fatalf("--force: state %s", s)
+			}
+		})
+	}
 }
 
 func TestDestroyGuards(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"sort"
 	"strings"
@@ -236,5 +237,28 @@ func TestScopes(t *testing.T) {
 				t.Fatalf("prefixes %q, want %q", prefixes, tt.want)
 			}
 		})
+	}
+}
+
+// TestRunKMSValue: values etcdtest.KMSValue makes for a key_id of any
+// length count under that key_id, with a coherent keywarden annotation.
+func TestRunKMSValue(t *testing.T) {
+	ids := []string{"tink:1:0123456789abcdef", key1, "tink:4294967295:fedcba9876543210"}
+	kvs := map[string][]byte{}
+	for i, id := range ids {
+		kvs[fmt.Sprintf("/registry/configmaps/default/c%d", i)] = etcdtest.KMSValue(t, id)
+	}
+	scopes, _ := Scopes("/registry", []string{"*.*"})
+	r, err := Run(context.Background(), &fakeEtcd{kvs: kvs, rev: 1}, Options{Scopes: scopes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Malformed != 0 || r.BadAnnotation != 0 || len(r.LocalKEKs) != len(ids) {
+		t.Fatalf("%+v", r)
+	}
+	for _, id := range ids {
+		if r.InUse(id) != 1 {
+			t.Fatalf("InUse(%s) = %d, want 1: %v", id, r.InUse(id), r.KeyIDs)
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"sigs.k8s.io/yaml"
@@ -118,20 +119,25 @@ func Parse(b []byte) (*Config, error) {
 }
 
 // EncryptedResources lists, in file order and without duplicates, every
-// resource whose write provider (the first) is not identity: the ones whose
-// stored values must be rewritten when a key rotates. Entries are as the
+// resource that etcd may hold encrypted: each one named in an entry with a
+// provider other than identity, in any position. The first provider writes
+// and every provider reads, so a resource whose entry starts with identity
+// and lists kms second is written in plaintext yet may still hold values
+// under kms (written before the config changed); and a resource named in
+// two entries may hold values of either (kube-apiserver uses the first
+// entry, but earlier configs may have used the other). These are the values
+// to rewrite and audit when a key rotates or retires. Entries are as the
 // file spells them: "secrets", "deployments.apps", "*.example.com", "*.*".
-// As in kube-apiserver, the first entry that names a resource decides.
 func (c *Config) EncryptedResources() []string {
 	var out []string
 	seen := map[string]bool{}
 	for _, r := range c.Resources {
+		if !slices.ContainsFunc(r.Providers, func(p Provider) bool { return p.Identity == nil }) {
+			continue
+		}
 		for _, name := range r.Resources {
-			if seen[name] {
-				continue
-			}
-			seen[name] = true
-			if r.Providers[0].Identity == nil {
+			if !seen[name] {
+				seen[name] = true
 				out = append(out, name)
 			}
 		}

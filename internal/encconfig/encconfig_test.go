@@ -20,6 +20,12 @@ resources:
   - identity: {}
 - resources: [secrets, widgets.example.com, events]
   providers: [{aesgcm: {keys: [{name: k, secret: eA==}]}}]
+- resources: [leases.coordination.k8s.io, gadgets.example.com]
+  providers:
+  - identity: {}
+  - kms: {apiVersion: v2, name: keywarden, endpoint: unix:///run/keywarden/kms.sock}
+- resources: [pods]
+  providers: [{identity: {}}, {identity: {}}]
 `
 
 func TestParse(t *testing.T) {
@@ -27,8 +33,12 @@ func TestParse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := c.EncryptedResources(), []string{"secrets", "configmaps", "widgets.example.com"}; !slices.Equal(got, want) {
-		t.Fatalf("EncryptedResources = %q, want %q (events is identity in its first entry)", got, want)
+	// events is identity-only where it is first named, but a later entry
+	// lists it with aesgcm; leases and gadgets are written in plaintext but
+	// kms reads them: all may hold encrypted values. pods may not.
+	want := []string{"secrets", "configmaps", "widgets.example.com", "events", "leases.coordination.k8s.io", "gadgets.example.com"}
+	if got := c.EncryptedResources(); !slices.Equal(got, want) {
+		t.Fatalf("EncryptedResources = %q, want %q", got, want)
 	}
 	if got := c.Resources[1].Providers[0].Type(); got != "kms:v2:keywarden" {
 		t.Fatalf("Type = %q", got)

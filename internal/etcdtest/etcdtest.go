@@ -5,6 +5,7 @@
 package etcdtest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,6 +19,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/keywarden/keywarden/kms/envelope"
 )
 
 // root is the module's root directory, found from this file's path so that
@@ -106,4 +110,85 @@ func GoldenValues(t testing.TB) map[string][]byte {
 		m[v.Key] = v.Value
 	}
 	return m
+}
+
+// KMSValue returns a KMS v2 value as kube-apiserver stores it, written by
+// keywarden under root key version keyID: the golden value
+// /registry/secrets/default/g1 with its key_id and the root version in its
+// kek.keywarden.io annotation both replaced by keyID, re-encoded field by
+// field. Tests use it to put objects under the key versions they create,
+// whatever the length of their IDs.
+func KMSValue(t testing.TB, keyID string) []byte {
+	t.Helper()
+	const prefix = "k8s:enc:kms:v2:keywarden:"
+	v := GoldenValues(t)["/registry/secrets/default/g1"]
+	if !bytes.HasPrefix(v, []byte(prefix)) {
+		t.Fatal("etcdtest: golden g1 is not a keywarden KMS v2 value")
+	}
+	b := v[len(prefix):]
+	out := []byte(prefix)
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			t.Fatalf("etcdtest: golden g1: %v", protowire.ParseError(n))
+		}
+		b = b[n:]
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			t.Fatalf("etcdtest: golden g1 field %d: %v", num, protowire.ParseError(m))
+		}
+		field := b[:m]
+		b = b[m:]
+		switch num {
+		case 2: // keyID
+			out = protowire.AppendTag(out, num, protowire.BytesType)
+			out = protowire.AppendString(out, keyID)
+		case 4: // an annotation: map entry {1: key, 2: value}
+			entry, _ := protowire.ConsumeBytes(field)
+			k, val := annotationEntry(t, entry)
+			if k == envelope.AnnotationKey {
+				_, rootCT, err := envelope.DecodeKEK(val)
+				if err != nil {
+					t.Fatalf("etcdtest: golden g1 annotation: %v", err)
+				}
+				if val, err = envelope.EncodeKEK(keyID, rootCT); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var e []byte
+			e = protowire.AppendTag(e, 1, protowire.BytesType)
+			e = protowire.AppendString(e, k)
+			e = protowire.AppendTag(e, 2, protowire.BytesType)
+			e = protowire.AppendBytes(e, val)
+			out = protowire.AppendTag(out, num, protowire.BytesType)
+			out = protowire.AppendBytes(out, e)
+		default:
+			out = protowire.AppendTag(out, num, typ)
+			out = append(out, field...)
+		}
+	}
+	return out
+}
+
+func annotationEntry(t testing.TB, b []byte) (string, []byte) {
+	t.Helper()
+	var key string
+	var val []byte
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || typ != protowire.BytesType {
+			t.Fatal("etcdtest: golden g1 annotation entry is not two byte fields")
+		}
+		v, m := protowire.ConsumeBytes(b[n:])
+		if m < 0 {
+			t.Fatal("etcdtest: golden g1 annotation entry is truncated")
+		}
+		if num == 1 {
+			key = string(v)
+		} else {
+			val = v
+		}
+		b = b[n+m:]
+	}
+	return key, val
 }
