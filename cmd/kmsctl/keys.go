@@ -103,7 +103,12 @@ func newKeysCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return nil, err
 				}
+				// An untagged Vault key_id (keystore.SameVersion) names the
+				// same version as its tagged form; exact matches first.
 				i := slices.IndexFunc(vs, func(v keystore.KeyVersion) bool { return v.KeyID == args[0] })
+				if i < 0 {
+					i = slices.IndexFunc(vs, func(v keystore.KeyVersion) bool { return keystore.SameVersion(v.KeyID, args[0]) })
+				}
 				if i < 0 {
 					return nil, fmt.Errorf("%w: %s is not in keystore %s", keystore.ErrKeyNotFound, args[0], byuri.Redact(uri))
 				}
@@ -112,7 +117,7 @@ func newKeysCmd(g *globals) *cobra.Command {
 						return nil, err
 					}
 				}
-				if err := apply(m)(cmd.Context(), args[0]); err != nil {
+				if err := apply(m)(cmd.Context(), vs[i].KeyID); err != nil {
 					return nil, err
 				}
 				return m.List(cmd.Context())
