@@ -11,10 +11,13 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/keywarden/keywarden/keystore/file"
+	"github.com/keywarden/keywarden/keystore/keystoretest"
 	"github.com/keywarden/keywarden/kms/envelope"
 )
 
@@ -723,5 +726,46 @@ func TestReadLimited(t *testing.T) {
 	full := bytes.Repeat([]byte{'x'}, maxStateSize)
 	if b, err := readLimited(bytes.NewReader(full)); err != nil || !bytes.Equal(b, full) {
 		t.Fatalf("file of exactly the limit: %d bytes, %v", len(b), err)
+	}
+}
+
+// A version-2 state file written when the format was made (over the
+// committed test-only keyset) is adopted by every later release: its MAC
+// layout and key derivation never change without a new version.
+func TestGoldenStateV2(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []struct{ from, to string }{
+		{"testdata/golden-keyset.json", "keyset.json"},
+		{"testdata/golden-state-v2.json", "state.json"},
+	} {
+		b, err := os.ReadFile(f.from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f.to), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	golden, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ann []byte
+	stateField(t, golden, "annotation", &ann)
+	fb, err := file.Open(filepath.Join(dir, "keyset.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, file: fb, spy: keystoretest.NewSpy(fb), logs: new(bytes.Buffer), mu: new(sync.Mutex)}
+	written := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	s, adopted := startAdopts(t, e, filepath.Join(dir, "state.json"), written.Add(time.Hour), ann)
+	if !adopted {
+		t.Fatalf("the golden version-2 state file was not adopted; logs:\n%s", e.logs)
+	}
+	if got := s.cur.Load().uses.Load(); got != 3+1 {
+		t.Fatalf("adopted golden KEK has %d uses after one Encrypt, want 4", got)
+	}
+	if _, v := firstSeen(t, s); v != float64(written.Unix()) {
+		t.Fatalf("golden root_first_seen: first seen %v, want %v", v, written.Unix())
 	}
 }
