@@ -94,6 +94,8 @@ type Service struct {
 	savedUses atomic.Uint64
 	rootSeen  atomic.Pointer[rootSeen] // the current root version and when it was first seen
 
+	stateV1Logged atomic.Bool // the version-1 state file was reported
+
 	afterMiss func() // tests only: runs between a cache miss and its flight
 }
 
@@ -108,6 +110,9 @@ type kek struct {
 	aad         []byte // envelope.AAD(rootKeyID, annotation), fixed per KEK
 	created     time.Time
 	uses        atomic.Uint64
+	// stateKey authenticates the state file that names this KEK
+	// (stateMACKey): derived from the KEK, never the KEK. Never logged.
+	stateKey []byte
 }
 
 // rootSeen is when this keywarden first saw a root key version as the
@@ -376,9 +381,13 @@ func newKEK(key, ann []byte, rootID string, created time.Time) (*kek, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: keystore returned a local KEK of %d bytes", keystore.ErrInvalid, len(key))
 	}
+	sk, err := stateMACKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("derive state file MAC key: %w", err)
+	}
 	return &kek{
 		aead: a, annotation: ann, annotations: map[string][]byte{envelope.AnnotationKey: ann},
-		rootKeyID: rootID, aad: envelope.AAD(rootID, ann), created: created,
+		rootKeyID: rootID, aad: envelope.AAD(rootID, ann), created: created, stateKey: sk,
 	}, nil
 }
 
