@@ -195,7 +195,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		_ = httpSrv.Shutdown(sctx)
 		scancel()
 	}
-	_ = os.Remove(sockPath)
+	ln.Remove(log)
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) && !errors.Is(serveErr, grpc.ErrServerStopped) {
 		return serveErr
 	}
