@@ -2,6 +2,8 @@ module github.com/keywarden/keywarden
 
 go 1.26.0
 
+toolchain go1.27.3
+
 require (
 	cloud.google.com/go/kms v1.37.0
 	github.com/Azure/azure-sdk-for-go/sdk/azcore v1.24.0
