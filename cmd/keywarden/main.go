@@ -152,7 +152,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv := kmsgrpc.NewServer(svc, kmsgrpc.Options{Name: sockPath, Timeout: o.keystoreTimeout, Metrics: m, Logger: log})
+	srv := kmsgrpc.NewServer(svc, kmsgrpc.Options{Metrics: m, Logger: log})
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
