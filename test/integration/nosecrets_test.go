@@ -76,7 +76,7 @@ func forms(s []byte) map[string]string {
 		"hex":       hex.EncodeToString(s),
 		"HEX":       strings.ToUpper(hex.EncodeToString(s)),
 		"%q":        strings.Trim(strconv.Quote(string(s)), `"`),
-		"bytes %v":  strings.Trim(fmt.Sprint(s), "[]"),
+		"bytes %v":  decimal(s),
 		"json text": func() string { b, _ := json.Marshal(string(s)); return strings.Trim(string(b), `"`) }(),
 	}
 	for name, enc := range map[string]*base64.Encoding{"base64": base64.StdEncoding, "base64url": base64.URLEncoding} {
@@ -86,6 +86,15 @@ func forms(s []byte) map[string]string {
 		}
 	}
 	return f
+}
+
+// decimal is how fmt prints a []byte with %v, without the brackets.
+func decimal(s []byte) string {
+	d := make([]string, len(s))
+	for i, c := range s {
+		d[i] = strconv.Itoa(int(c))
+	}
+	return strings.Join(d, " ")
 }
 
 // check fails the test for every secret found, in any form, in any part.
