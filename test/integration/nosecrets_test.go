@@ -429,8 +429,13 @@ func testNoSecretFile(t *testing.T) {
 		if _, err := c.Put(ctx(t), "/registry/secrets/default/plain", obj); err != nil {
 			t.Fatal(err)
 		}
-		for _, o := range []string{"table", "json"} {
-			tr.kmsctl(t, nil, "audit", "--etcd-endpoints", endpoint, "-o", o)
+		tr.kmsctl(t, nil, "audit", "--etcd-endpoints", endpoint)
+		var report struct{ Objects, Plaintext int }
+		if err := json.Unmarshal([]byte(tr.kmsctl(t, nil, "audit", "--etcd-endpoints", endpoint, "-o", "json")), &report); err != nil {
+			t.Fatal(err)
+		}
+		if report.Objects != len(encs)+1 || report.Plaintext != 1 {
+			t.Fatalf("audit saw %+v, want %d objects, 1 in plaintext", report, len(encs)+1)
 		}
 		tr.run(t, true, nil, "kmsctl", "audit", "--etcd-endpoints", endpoint, "--fail-on-plaintext", "--fail-on-key", second)
 	})
