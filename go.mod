@@ -2,6 +2,8 @@ module github.com/keywarden/keywarden
 
 go 1.26.0
 
+toolchain go1.27.3
+
 require (
 	cloud.google.com/go/kms v1.37.0
 	github.com/Azure/azure-sdk-for-go/sdk/azcore v1.24.0
@@ -30,6 +32,7 @@ require (
 	go.uber.org/zap v1.27.1
 	go.yaml.in/yaml/v3 v3.0.6
 	golang.org/x/sync v0.25.0
+	golang.org/x/sys v0.50.0
 	golang.org/x/term v0.48.0
 	gonum.org/v1/plot v0.17.0
 	google.golang.org/api v0.314.0
@@ -149,7 +152,6 @@ require (
 	golang.org/x/image v0.39.0 // indirect
 	golang.org/x/net v0.62.0 // indirect
 	golang.org/x/oauth2 v0.38.0 // indirect
-	golang.org/x/sys v0.50.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
 	google.golang.org/genproto v0.0.0-20261012220534-4341edf3f941 // indirect

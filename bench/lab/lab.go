@@ -94,7 +94,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Bare {
 		l.GRPC = floor.NewGRPCServer("lab", svc)
 	} else {
-		l.GRPC = kmsgrpc.NewServer(svc, kmsgrpc.Options{Name: "lab", Timeout: 10 * time.Second, Metrics: l.Metrics, Logger: cfg.Logger})
+		l.GRPC = kmsgrpc.NewServer(svc, kmsgrpc.Options{Metrics: l.Metrics, Logger: cfg.Logger})
 	}
 	return l, nil
 }

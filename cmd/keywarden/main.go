@@ -152,7 +152,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv := kmsgrpc.NewServer(svc, kmsgrpc.Options{Name: sockPath, Timeout: o.keystoreTimeout, Metrics: m, Logger: log})
+	srv := kmsgrpc.NewServer(svc, kmsgrpc.Options{Metrics: m, Logger: log})
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -195,7 +195,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		_ = httpSrv.Shutdown(sctx)
 		scancel()
 	}
-	_ = os.Remove(sockPath)
+	ln.Remove(log)
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) && !errors.Is(serveErr, grpc.ErrServerStopped) {
 		return serveErr
 	}

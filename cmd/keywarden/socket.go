@@ -26,7 +26,7 @@ func socketPath(listen string) (string, error) {
 // A directory we did not make is tightened only if it holds nothing but our
 // socket; anything else is refused rather than chmod'ed. A stale socket is
 // removed only if it is a socket and nobody answers on it.
-func listenUnix(path string, log *slog.Logger) (net.Listener, error) {
+func listenUnix(path string, log *slog.Logger) (*socket, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
@@ -58,7 +58,53 @@ func listenUnix(path string, log *slog.Logger) (net.Listener, error) {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false) // we remove it ourselves, after draining
-	return ln, nil
+	s := &socket{Listener: ln, path: path}
+	if s.pin, err = pinInode(path); err == nil {
+		s.made, err = os.Lstat(path)
+	}
+	if err != nil {
+		_ = ln.Close()
+		return nil, fmt.Errorf("identify new socket: %w", err)
+	}
+	return s, nil
+}
+
+// socket is the listener keywarden bound and the file it made.
+type socket struct {
+	net.Listener
+	path string
+	pin  *os.File    // keeps the inode allocated until Remove (Linux; nil elsewhere)
+	made fs.FileInfo // device and inode of the file we bound
+}
+
+// Remove unlinks the socket file if it is still the one we made (same
+// device and inode), then drops the pin. While we drain, the listener is
+// already closed, so a new instance may find the path dead, replace it and
+// serve on it: unlinking by name alone would cut the apiserver off from
+// that successor. Check and unlink are two steps (there is no
+// unlink-if-inode), so a successor that replaces the file between them
+// still loses it; the window is two system calls wide.
+func (s *socket) Remove(log *slog.Logger) {
+	defer func() {
+		if s.pin != nil {
+			_ = s.pin.Close()
+			s.pin = nil
+		}
+	}()
+	fi, err := os.Lstat(s.path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return
+	case err != nil:
+		log.Warn("socket not removed", "path", s.path, "error", err)
+		return
+	case !os.SameFile(s.made, fi):
+		log.Info("socket path now belongs to another instance; leaving it", "path", s.path)
+		return
+	}
+	if err := os.Remove(s.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		log.Warn("socket not removed", "path", s.path, "error", err)
+	}
 }
 
 func removeStale(path string, log *slog.Logger) error {

@@ -73,3 +73,71 @@ func TestListenUnixDirectoryRules(t *testing.T) {
 		t.Fatalf("live socket: %v", err)
 	}
 }
+
+// A successor that bound the path while we drained keeps its socket: our
+// shutdown removes only the file we made (same device and inode).
+func TestSocketRemoveOnlyOurs(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	path := filepath.Join(t.TempDir(), "run", "kms.sock")
+
+	// Our own file, untouched: removed.
+	a, err := listenUnix(path, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	a.Remove(log)
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Fatalf("own socket left behind: %v", err)
+	}
+
+	// A closes its listener (GracefulStop does that first), B finds the
+	// path dead, replaces it and serves; then A finishes draining.
+	a, err = listenUnix(path, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	b, err := listenUnix(path, log)
+	if err != nil {
+		t.Fatalf("successor could not bind: %v", err)
+	}
+	defer b.Close()
+	go func() {
+		for {
+			c, err := b.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	a.Remove(log)
+	if _, err := os.Lstat(path); err != nil {
+		t.Fatalf("the successor's socket was removed: %v", err)
+	}
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("the successor's socket does not accept: %v", err)
+	}
+	c.Close()
+
+	// Anything else put at the path is left alone too.
+	b.Close()
+	b.Remove(log)
+	d, err := listenUnix(path, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.Remove(log)
+	if _, err := os.Lstat(path); err != nil {
+		t.Fatalf("a regular file at the path was removed: %v", err)
+	}
+}

@@ -27,11 +27,15 @@ import (
 const MaxMsgSize = 256 << 10
 
 // Options configures NewServer.
+//
+// There is no per-call timeout: the caller's deadline, which gRPC carries
+// to the handler's context, bounds each call (kube-apiserver sets its
+// EncryptionConfiguration timeout, 3 s by default, on every one), and the
+// service bounds each keystore call itself (kms.Config.KeystoreTimeout).
+// k8s.io/kms/pkg/service.NewGRPCService takes an address and a timeout,
+// but uses them only in its own ListenAndServe, which keywarden does not
+// call, so NewServer passes neither.
 type Options struct {
-	// Name is the address k8s.io/kms/pkg/service logs (the socket path).
-	Name string
-	// Timeout bounds each call into svc (k8s.io/kms/pkg/service's timeout).
-	Timeout time.Duration
 	// Metrics records every RPC; nil records nothing.
 	Metrics *metrics.Metrics
 	// Logger gets one line per failed RPC (debug for successes) and
@@ -50,7 +54,7 @@ func NewServer(svc service.Service, o Options) *grpc.Server {
 		grpc.MaxSendMsgSize(MaxMsgSize),
 		grpc.UnaryInterceptor(Interceptor(o.Metrics, o.Logger)),
 	)
-	kmsapi.RegisterKeyManagementServiceServer(srv, service.NewGRPCService(o.Name, o.Timeout, svc))
+	kmsapi.RegisterKeyManagementServiceServer(srv, service.NewGRPCService("", 0, svc))
 	return srv
 }
 

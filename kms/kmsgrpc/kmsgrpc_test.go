@@ -38,7 +38,11 @@ func (svc) Encrypt(_ context.Context, _ string, pt []byte) (*service.EncryptResp
 	return &service.EncryptResponse{Ciphertext: append([]byte("ct:"), pt...), KeyID: "k"}, nil
 }
 
-func (svc) Decrypt(context.Context, string, *service.DecryptRequest) ([]byte, error) {
+func (svc) Decrypt(ctx context.Context, uid string, _ *service.DecryptRequest) ([]byte, error) {
+	if uid == "hang" { // a keystore that never answers
+		<-ctx.Done()
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
 	return nil, status.Error(codes.InvalidArgument, "bad ciphertext")
 }
 
@@ -67,7 +71,7 @@ func TestServer(t *testing.T) {
 	}
 	m := metrics.New()
 	var logs syncBuf
-	srv := kmsgrpc.NewServer(svc{}, kmsgrpc.Options{Name: sock, Timeout: 5 * time.Second, Metrics: m,
+	srv := kmsgrpc.NewServer(svc{}, kmsgrpc.Options{Metrics: m,
 		Logger: slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(srv.Stop)
@@ -124,6 +128,74 @@ func TestServer(t *testing.T) {
 	if strings.Contains(out, "plaintext\"") || strings.Contains(out, "secret-plaintext") || strings.Contains(out, "panic-plaintext") {
 		t.Errorf("plaintext in the log:\n%s", out)
 	}
+}
+
+// The caller's deadline is the bound on every call: it reaches the service
+// over the socket, and a call into a service that never answers ends with
+// DeadlineExceeded when the caller's time is up, not later.
+func TestCallerDeadlineBoundsEachCall(t *testing.T) {
+	dir, err := os.MkdirTemp("", "kmsgrpc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "kms.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New()
+	srv := kmsgrpc.NewServer(svc{}, kmsgrpc.Options{Metrics: m})
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	c := kmsapi.NewKeyManagementServiceClient(conn)
+
+	const bound = 300 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	start := time.Now()
+	_, err = c.Decrypt(ctx, &kmsapi.DecryptRequest{Uid: "hang", Ciphertext: []byte("x"), KeyId: "k"})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("Decrypt into a hung service: %v, want DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > bound+2*time.Second {
+		t.Fatalf("Decrypt returned after %v, past the caller's %v", d, bound)
+	}
+	// The handler itself returned once the caller's time was up (the
+	// server records Canceled or DeadlineExceeded, whichever of the
+	// client's reset and the server's own timer came first) rather than
+	// running on after the caller left.
+	deadline := time.Now().Add(5 * time.Second)
+	for sum(m, "keywarden_grpc_server_handled_total", "Decrypt") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the hung handler did not return after the caller's deadline")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// sum adds the counters of name for method over every code.
+func sum(m *metrics.Metrics, name, method string) float64 {
+	mfs, _ := m.Registry.Gather()
+	var n float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, s := range mf.GetMetric() {
+			for _, l := range s.GetLabel() {
+				if l.GetName() == "grpc_method" && l.GetValue() == method {
+					n += s.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return n
 }
 
 // sample returns the value (a histogram's count) of the one series of name

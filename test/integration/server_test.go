@@ -86,8 +86,9 @@ func start(t *testing.T, keystore, sock string, extra ...string) *plugin {
 	args := append([]string{"--listen", "unix://" + p.sock, "--keystore", keystore, "--metrics-addr", p.metrics,
 		"--check-interval", "1s", "--log-level", "debug"}, extra...)
 	p.cmd = exec.Command(filepath.Join(binDir, "keywarden"), args...)
-	// exec copies stderr into p.logs; Wait returns only when the copy is done.
-	p.cmd.Stderr = p.logs
+	// exec copies stdout and stderr into p.logs (one writer: one Write at a
+	// time); Wait returns only when the copy is done.
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
