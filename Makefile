@@ -3,11 +3,11 @@
 
 # Shipped binaries, tests and govulncheck use Go 1.27.3 (fetched once through
 # the Go module proxy): Go 1.26.8's standard library has known
-# vulnerabilities fixed only there. go.mod carries the same pin as its
-# `toolchain` line (deploy's TestGoModToolchain keeps the two equal), so a
-# plain `go build` under GOTOOLCHAIN=auto, Go's default, switches to it too.
-# go.mod's `go` line stays 1.26: with GOTOOLCHAIN=local a 1.26 go command
-# ignores the toolchain line and builds with its own standard library.
+# vulnerabilities fixed only there. go.mod's `go` line is the same pin
+# (deploy's TestGoModToolchain keeps the two equal), so a plain `go build`
+# under GOTOOLCHAIN=auto, Go's default, switches to it too, and an older go
+# command under GOTOOLCHAIN=local refuses ("go.mod requires go >= 1.27.3")
+# instead of building with its own standard library.
 GOTOOLCHAIN_PIN ?= go1.27.3
 GO              ?= env GOTOOLCHAIN=$(GOTOOLCHAIN_PIN) go
 VERSION         ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)

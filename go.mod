@@ -1,8 +1,6 @@
 module github.com/keywarden/keywarden
 
-go 1.26.0
-
-toolchain go1.27.3
+go 1.27.3
 
 require (
 	cloud.google.com/go/kms v1.37.0
