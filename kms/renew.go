@@ -45,7 +45,9 @@ func (s *Service) renewSoon(k *kek, reason string) {
 func (s *Service) renew(k *kek, reason string) error {
 	s.mintMu.Lock()
 	defer s.mintMu.Unlock()
-	if s.cur.Load() != k {
+	// The periodic check may have replaced k, or just failed to, while
+	// this waited for the lock.
+	if s.cur.Load() != k || s.cfg.Now().UnixNano() < s.renewAfter.Load() {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.KeystoreTimeout)
