@@ -122,6 +122,9 @@ func (s *Service) revoke(root string, keys []string, refusal error) error {
 	s.cfg.Metrics.SetCacheSize(s.cache.Len())
 	var cur error
 	s.mintMu.Lock()
+	if n := s.next.Load(); n != nil && n.rootKeyID == root {
+		s.next.CompareAndSwap(n, nil)
+	}
 	if c := s.cur.Load(); c != nil && c.rootKeyID == root {
 		s.cur.Store(nil)
 		cur = refusal

@@ -262,8 +262,9 @@ func (s *Service) Status(context.Context) (*service.StatusResponse, error) {
 }
 
 // Encrypt implements service.Service. It never calls the keystore: a local
-// KEK past its bounds stays in use while a background renewal replaces it,
-// up to the hard stop of hardKEKUses. The response's Annotations map (and
+// KEK past its bounds is replaced by a spare made in the background, or, if
+// none is ready (the keystore is slow or down), stays in use up to the hard
+// stop of hardKEKUses. The response's Annotations map (and
 // its value) is shared by every response under the same local KEK: callers
 // read it, never modify it.
 func (s *Service) Encrypt(_ context.Context, _ string, pt []byte) (*service.EncryptResponse, error) {
@@ -275,7 +276,9 @@ func (s *Service) Encrypt(_ context.Context, _ string, pt []byte) (*service.Encr
 		return nil, toStatus(errNoKEK)
 	}
 	if reason := s.due(k); reason != "" {
-		s.renewSoon(k, reason)
+		k = s.rollover(k, reason)
+	} else if k.uses.Load() >= s.cfg.KEKMaxUses/2 && s.next.Load() == nil {
+		s.prepareSoon(k) // so that the next KEK is ready at the bound
 	}
 	if k.uses.Add(1) > s.hardUses {
 		return nil, toStatus(errKEKSpent)
@@ -467,6 +470,18 @@ func (s *Service) due(k *kek) string {
 
 // mint makes, wraps and installs a new current local KEK. Callers hold mintMu.
 func (s *Service) mint(ctx context.Context, reason string) (*kek, error) {
+	k, err := s.newLocalKEK(ctx, reason)
+	if err != nil {
+		return nil, err
+	}
+	s.install(k, reason)
+	s.saveState(k)
+	return k, nil
+}
+
+// newLocalKEK makes and wraps a new local KEK without installing it.
+// Callers hold mintMu.
+func (s *Service) newLocalKEK(ctx context.Context, reason string) (*kek, error) {
 	key := make([]byte, envelope.KEKSize)
 	defer clear(key)
 	if _, err := io.ReadFull(s.cfg.Rand, key); err != nil {
@@ -491,14 +506,21 @@ func (s *Service) mint(ctx context.Context, reason string) (*kek, error) {
 	}
 	s.renewFails = 0
 	s.renewAfter.Store(0)
-	s.install(k, reason)
-	s.saveState(k)
 	return k, nil
 }
 
 func (s *Service) install(k *kek, reason string) {
-	s.cache.Add(string(k.annotation), k)
 	s.cur.Store(k)
+	s.installed(k, reason)
+}
+
+// installed records that k just became the current KEK.
+func (s *Service) installed(k *kek, reason string) {
+	// A spare made under an earlier root version is of no use any more.
+	if n := s.next.Load(); n != nil && n.rootKeyID != k.rootKeyID {
+		s.next.CompareAndSwap(n, nil)
+	}
+	s.cache.Add(string(k.annotation), k)
 	s.savedUses.Store(k.uses.Load())
 	s.cfg.Metrics.SetCacheSize(s.cache.Len())
 	s.cfg.Metrics.KEKGenerated(reason, k.created)
@@ -625,6 +647,13 @@ func (s *Service) check(ctx context.Context) error {
 		reason = s.due(cur)
 	}
 	if reason == "" {
+		return nil
+	}
+	if n := s.next.Swap(nil); n != nil && cur != nil && n.rootKeyID == kid && reason != "root_rotation" {
+		n.created = s.cfg.Now() // its age counts from its first use
+		s.cur.Store(n)
+		s.installed(n, reason)
+		s.saveState(n)
 		return nil
 	}
 	_, err = s.mint(cctx, reason)
