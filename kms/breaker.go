@@ -66,10 +66,23 @@ func (s *Service) closeCircuit() {
 	}
 }
 
-// refuse records that a Decrypt failed because the keystore is down: from
-// the next check on, Status says so.
+// refuse records that a Decrypt failed because the keystore is down. The
+// first one since the breaker opened turns Status not ok at once (the next
+// check keeps it so, by the same rule), and holds it until recoveryChecks
+// checks in a row reach the keystore.
 func (s *Service) refuse() {
-	s.refused.CompareAndSwap(0, s.cfg.Now().UnixNano())
+	if !s.refused.CompareAndSwap(0, s.cfg.Now().UnixNano()) {
+		return
+	}
+	if s.wasOK.Load() {
+		s.held.Store(true)
+	}
+	s.health.Store(&health{reason: refusedReason("Unavailable", s.downSince.Load())})
+	s.cfg.Metrics.SetHealth(false, false, time.Unix(0, s.lastOK.Load()))
+}
+
+func refusedReason(class string, downSince int64) string {
+	return "keystore " + class + " since " + time.Unix(0, downSince).UTC().Format(time.RFC3339) + ", Decrypts that need it refused"
 }
 
 // probe makes one real keystore call while the breaker is open: the

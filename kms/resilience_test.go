@@ -373,7 +373,7 @@ func TestUnwrapsInFlightBounded(t *testing.T) {
 }
 
 // Status: the breaker alone (no request refused) changes nothing within the
-// grace; once an uncached Decrypt is refused, the next check reports it;
+// grace; once an uncached Decrypt is refused, Status says so at once;
 // after the keystore is back, ok returns only after recoveryChecks
 // successful checks in a row, so a flapping keystore cannot flap Status.
 func TestHealthWithBreaker(t *testing.T) {
@@ -392,9 +392,12 @@ func TestHealthWithBreaker(t *testing.T) {
 	if _, err := s.Decrypt(ctx, "u", cold); codeOf(err) != codes.Unavailable {
 		t.Fatalf("uncached Decrypt: %v", err)
 	}
-	s.Check(ctx)
 	if h := healthz(); h == "ok" || !strings.Contains(h, "Unavailable") {
-		t.Fatalf("healthz %q after a refused Decrypt, want an Unavailable reason", h)
+		t.Fatalf("healthz %q right after a refused Decrypt, want an Unavailable reason", h)
+	}
+	s.Check(ctx) // the check agrees
+	if h := healthz(); h == "ok" || !strings.Contains(h, "Unavailable") {
+		t.Fatalf("healthz %q at the check after a refused Decrypt, want an Unavailable reason", h)
 	}
 	e.spy.SetErr(nil)
 	var seen []string

@@ -126,9 +126,10 @@ type Service struct {
 	// Check's own state, guarded by checkMu.
 	checkMu        sync.Mutex
 	lastRevalidate time.Time
-	okStreak       int  // checks in a row that reached the keystore
-	wasOK          bool // Status has said ok since start-up
-	held           bool // Status went not ok while the keystore was down
+	okStreak       int // checks in a row that reached the keystore
+
+	wasOK atomic.Bool // Status has said ok since start-up
+	held  atomic.Bool // Status went not ok while the keystore was down
 
 	hardUses   uint64      // hardKEKUses; tests lower it
 	afterMiss  func()      // tests only: runs between a cache miss and its flight
@@ -601,7 +602,7 @@ func (s *Service) healthNow(err, revoked error, now time.Time) *health {
 	case err != nil && (s.lastOK.Load() == 0 || now.Sub(last) >= s.cfg.Grace):
 		reason = "keystore " + class(err) + " since " + last.UTC().Format(time.RFC3339)
 	case s.down.Load() && s.refused.Load() != 0:
-		reason = "keystore " + class(err) + " since " + time.Unix(0, s.downSince.Load()).UTC().Format(time.RFC3339) + ", Decrypts that need it refused"
+		reason = refusedReason(class(err), s.downSince.Load())
 	}
 	switch {
 	case reason != "":
@@ -609,15 +610,15 @@ func (s *Service) healthNow(err, revoked error, now time.Time) *health {
 		// holds Status down until the keystore has answered
 		// recoveryChecks checks in a row: a flapping keystore cannot
 		// flap the apiserver's readiness.
-		if s.down.Load() && s.wasOK {
-			s.held = true
+		if s.down.Load() && s.wasOK.Load() {
+			s.held.Store(true)
 		}
 		return &health{reason: reason}
-	case s.held && s.okStreak < recoveryChecks:
+	case s.held.Load() && s.okStreak < recoveryChecks:
 		return &health{reason: fmt.Sprintf("keystore recovering: %d of %d checks ok", s.okStreak, recoveryChecks)}
 	}
-	s.held = false
-	s.wasOK = true
+	s.held.Store(false)
+	s.wasOK.Store(true)
 	return &health{ok: true, reason: "ok"}
 }
 
