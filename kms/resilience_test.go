@@ -138,7 +138,7 @@ func (g *versionGate) Unwrap(ctx context.Context, w keystore.Wrapped, aad []byte
 }
 
 func (g *versionGate) Wrap(ctx context.Context, pt, aad []byte) (keystore.Wrapped, error) {
-	id, err := g.Backend.KeyID(ctx)
+	id, err := g.KeyID(ctx)
 	if err == nil && g.off(id) {
 		return keystore.Wrapped{}, fmt.Errorf("%w: %s", keystore.ErrKeyDisabled, id)
 	}
