@@ -71,7 +71,7 @@ func stormOverKeystore(t *testing.T, dir string, ks *rig.Keystore) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seeds, reqs, n, err := bench.Mint(ctx, inst.Client, decrypts, 1)
+	seeds, reqs, n, err := bench.MintPerKEK(ctx, inst.Client, decrypts, decrypts/keks)
 	_ = inst.Stop()
 	if err != nil {
 		t.Fatal(err)

@@ -33,6 +33,45 @@ func Mint(ctx context.Context, c *Client, n, conc int) (seeds [][]byte, resps []
 	if s.Errors > 0 {
 		return nil, nil, 0, fmt.Errorf("mint: %d of %d Encrypts failed: %w", s.Errors, n, s.FirstErr)
 	}
+	outS, outR, keks := interleave(seeds, resps)
+	return outS, outR, keks, nil
+}
+
+// MintPerKEK is Mint for a keywarden started with --kek-max-uses perKEK:
+// sequential Encrypts, at most perKEK kept per local KEK. keywarden moves to
+// a new KEK at the bound once the one it prepares in the background is
+// ready, so under load a KEK may seal a few seeds past it; those are
+// discarded, and every KEK but the last contributes exactly perKEK.
+func MintPerKEK(ctx context.Context, c *Client, n, perKEK int) (seeds [][]byte, resps []*kmsapi.EncryptResponse, keks int, err error) {
+	if perKEK <= 0 {
+		return nil, nil, 0, fmt.Errorf("mint: perKEK %d, want > 0", perKEK)
+	}
+	per := map[string]int{}
+	for i := 0; len(seeds) < n; i++ {
+		if i >= 4*n {
+			return nil, nil, 0, fmt.Errorf("mint: %d Encrypts made only %d usable ciphertexts: the plugin does not move to a new local KEK every %d Encrypts", i, len(seeds), perKEK)
+		}
+		seed := make([]byte, SeedSize)
+		_, _ = rand.Read(seed)
+		r, err := c.Encrypt(ctx, "kwbench-mint", seed)
+		if err != nil {
+			return nil, nil, 0, fmt.Errorf("mint: Encrypt %d: %w", i+1, err)
+		}
+		k := annotationKey(r.Annotations)
+		if per[k] >= perKEK {
+			continue
+		}
+		per[k]++
+		seeds, resps = append(seeds, seed), append(resps, r)
+	}
+	outS, outR, keks := interleave(seeds, resps)
+	return outS, outR, keks, nil
+}
+
+// interleave reorders seeds and resps round robin over their annotation
+// sets, and counts the sets (0 for a plugin that sends none).
+func interleave(seeds [][]byte, resps []*kmsapi.EncryptResponse) ([][]byte, []*kmsapi.EncryptResponse, int) {
+	n := len(seeds)
 	groups := map[string][]int{}
 	var order []string
 	for i, r := range resps {
@@ -55,11 +94,11 @@ func Mint(ctx context.Context, c *Client, n, conc int) (seeds [][]byte, resps []
 	for j, i := range is {
 		outS[j], outR[j] = seeds[i], resps[i]
 	}
-	keks = len(groups)
+	keks := len(groups)
 	if len(groups) == 1 && order[0] == "" {
 		keks = 0
 	}
-	return outS, outR, keks, nil
+	return outS, outR, keks
 }
 
 func annotationKey(a map[string][]byte) string {

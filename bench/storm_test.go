@@ -62,6 +62,9 @@ func TestStormKeystoreCalls(t *testing.T) {
 		}
 		defer func() { _ = inst.Stop() }()
 		seeds, reqs, n, err := bench.Mint(ctx, inst.Client, decrypts, conc)
+		if cfg.KEKMaxUses > 0 {
+			seeds, reqs, n, err = bench.MintPerKEK(ctx, inst.Client, decrypts, int(cfg.KEKMaxUses))
+		}
 		if err != nil {
 			t.Fatal(err)
 		}

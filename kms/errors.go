@@ -15,9 +15,10 @@ import (
 // parsing: missing or oversized fields, unknown annotations.
 var errInvalidRequest = errors.New("invalid request")
 
-// errNoKEK: no local KEK could be made yet, because the keystore has not
-// answered since start-up.
-var errNoKEK = errors.New("no local KEK yet: the keystore has not answered since start-up")
+// errNoKEK: there is no usable local KEK: none could be made since start-up,
+// or the current one's root version was found disabled and no new one could
+// be made yet.
+var errNoKEK = errors.New("no usable local KEK: none could be made yet under an enabled root key version")
 
 // Code maps an error to the gRPC code kube-apiserver sees. It is the one
 // place where error classes become codes (see docs/configuration.md).
@@ -43,9 +44,9 @@ func Code(err error) codes.Code {
 		return codes.FailedPrecondition
 	case errors.Is(err, keystore.ErrPermission):
 		return codes.PermissionDenied
-	case errors.Is(err, keystore.ErrThrottled):
+	case errors.Is(err, keystore.ErrThrottled), errors.Is(err, errOverloaded):
 		return codes.ResourceExhausted
-	case errors.Is(err, keystore.ErrUnavailable), errors.Is(err, errNoKEK):
+	case errors.Is(err, keystore.ErrUnavailable), errors.Is(err, errNoKEK), errors.Is(err, errKEKSpent):
 		return codes.Unavailable
 	default:
 		return codes.Internal

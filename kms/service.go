@@ -6,10 +6,17 @@
 // singleflight in front of the keystore), so the keystore stays off the hot
 // path. Status and health read a check that a background loop refreshes; no
 // poll ever reaches the keystore.
+//
+// Neither RPC ever waits for a keystore that is known to be down: Encrypt
+// never calls it (a local KEK past its bounds is renewed in the background,
+// renew.go), and Decrypts that need it fail fast while a breaker is open
+// (breaker.go). A root version found disabled stops decrypting within a
+// bound (revalidate.go).
 package kms
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/cipher"
 	"crypto/rand"
@@ -40,8 +47,18 @@ const (
 	DefaultKEKMaxUses      = 1 << 20
 	DefaultKEKMaxAge       = 7 * 24 * time.Hour
 	DefaultCacheSize       = 1024
+	// DefaultRevalidateInterval bounds how long an unwrapped local KEK keeps
+	// decrypting after its root key version is disabled or destroyed.
+	DefaultRevalidateInterval = time.Minute
+	DefaultMaxUnwraps         = 64
 	// maxKEKUses stays far below the 2^32 random-nonce limit of AES-GCM.
 	maxKEKUses = 1 << 30
+	// hardKEKUses is the hard stop: a local KEK seals at most this many
+	// seeds, whether or not a new one could be made. It is twice the cap on
+	// KEKMaxUses, so a KEK that hit its policy bound during a keystore
+	// outage still has 2^30 Encrypts (decades of apiserver seeds) left, and
+	// half AES-GCM's 2^32 random-nonce limit.
+	hardKEKUses = 1 << 31
 	// A wrapped KEK the keystore refused as unknown, disabled or invalid is
 	// remembered this long, so that a wrong keyset or a stream of bad
 	// requests costs one keystore call per KEK per period, not one per RPC.
@@ -72,6 +89,15 @@ type Config struct {
 	// restarts, so a restart adds no new KEK for the next cold start to
 	// unwrap.
 	StateFile string
+	// RevalidateInterval is how often the root key versions of the
+	// unwrapped local KEKs are re-checked with the keystore (List, or one
+	// Unwrap per version): a disabled or destroyed version stops decrypting
+	// within about this long.
+	RevalidateInterval time.Duration
+	// MaxUnwraps bounds the keystore unwraps in flight (distinct local
+	// KEKs); a Decrypt that would start one more is refused with
+	// ResourceExhausted.
+	MaxUnwraps int
 	// Now and Rand are injected by tests.
 	Now  func() time.Time
 	Rand io.Reader
@@ -96,7 +122,20 @@ type Service struct {
 
 	stateV1Logged atomic.Bool // the version-1 state file was reported
 
-	afterMiss func() // tests only: runs between a cache miss and its flight
+	breaker
+	renewal
+
+	// Check's own state, guarded by checkMu.
+	checkMu        sync.Mutex
+	lastRevalidate time.Time
+	okStreak       int // checks in a row that reached the keystore
+
+	wasOK atomic.Bool // Status has said ok since start-up
+	held  atomic.Bool // Status went not ok while the keystore was down
+
+	hardUses   uint64      // hardKEKUses; tests lower it
+	afterMiss  func()      // tests only: runs between a cache miss and its flight
+	afterRenew func(error) // tests only: runs after each background renewal
 }
 
 // kek is one unwrapped local KEK.
@@ -164,6 +203,12 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.CacheSize <= 0 {
 		cfg.CacheSize = DefaultCacheSize
 	}
+	if cfg.RevalidateInterval <= 0 {
+		cfg.RevalidateInterval = DefaultRevalidateInterval
+	}
+	if cfg.MaxUnwraps <= 0 {
+		cfg.MaxUnwraps = DefaultMaxUnwraps
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -178,8 +223,12 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kms: %w", err)
 	}
-	s := &Service{cfg: cfg, log: cfg.Logger, backend: cfg.Backend.Name(), cache: cache, negative: negative}
+	s := &Service{cfg: cfg, log: cfg.Logger, backend: cfg.Backend.Name(), cache: cache, negative: negative, hardUses: hardKEKUses}
 	s.health.Store(&health{reason: "starting"})
+	s.cfg.Metrics.SetCircuitOpen(false)
+	// The first re-check is one interval after start: what start-up
+	// unwrapped or wrapped was just verified.
+	s.lastRevalidate = cfg.Now()
 	s.Check(ctx)
 	return s, nil
 }
@@ -218,10 +267,13 @@ func (s *Service) Status(context.Context) (*service.StatusResponse, error) {
 	return resp, nil
 }
 
-// Encrypt implements service.Service. The response's Annotations map (and
+// Encrypt implements service.Service. It never calls the keystore: a local
+// KEK past its bounds is replaced by a spare made in the background, or, if
+// none is ready (the keystore is slow or down), stays in use up to the hard
+// stop of hardKEKUses. The response's Annotations map (and
 // its value) is shared by every response under the same local KEK: callers
 // read it, never modify it.
-func (s *Service) Encrypt(ctx context.Context, _ string, pt []byte) (*service.EncryptResponse, error) {
+func (s *Service) Encrypt(_ context.Context, _ string, pt []byte) (*service.EncryptResponse, error) {
 	if len(pt) == 0 || len(pt) > envelope.MaxPlaintext {
 		return nil, toStatus(fmt.Errorf("%w: plaintext is %d bytes, want 1..%d", errInvalidRequest, len(pt), envelope.MaxPlaintext))
 	}
@@ -230,9 +282,13 @@ func (s *Service) Encrypt(ctx context.Context, _ string, pt []byte) (*service.En
 		return nil, toStatus(errNoKEK)
 	}
 	if reason := s.due(k); reason != "" {
-		k = s.renew(ctx, k, reason)
+		k = s.rollover(k, reason)
+	} else if k.uses.Load() >= s.cfg.KEKMaxUses/2 && s.next.Load() == nil {
+		s.prepareSoon(k) // so that the next KEK is ready at the bound
 	}
-	k.uses.Add(1)
+	if k.uses.Add(1) > s.hardUses {
+		return nil, toStatus(errKEKSpent)
+	}
 	ct, err := envelope.Seal(k.aead, s.cfg.Rand, pt, k.aad)
 	if err != nil {
 		return nil, toStatus(err)
@@ -321,6 +377,12 @@ func (s *Service) kekFor(ctx context.Context, ann []byte, keyID string) (*kek, e
 		}
 		s.negative.Remove(key)
 	}
+	// The keystore is known down: answer now rather than wait out the
+	// caller's deadline on a call that cannot succeed.
+	if s.down.Load() {
+		s.refuse()
+		return nil, errCircuitOpen
+	}
 	s.cfg.Metrics.CacheMiss()
 	if s.afterMiss != nil {
 		s.afterMiss()
@@ -331,11 +393,22 @@ func (s *Service) kekFor(ctx context.Context, ann []byte, keyID string) (*kek, e
 		if k, ok := s.cache.Peek(key); ok {
 			return k, nil
 		}
+		if s.down.Load() {
+			return nil, errCircuitOpen
+		}
+		// A hung keystore must not collect one goroutine and connection
+		// per distinct KEK until the breaker opens.
+		if s.inflight.Add(1) > int64(s.cfg.MaxUnwraps) {
+			s.inflight.Add(-1)
+			return nil, errOverloaded
+		}
+		defer s.inflight.Add(-1)
 		// Detached from the first caller: others may be waiting on the
 		// same KEK with longer deadlines.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.KeystoreTimeout)
 		defer cancel()
 		k, err := s.unwrapKEK(cctx, bytes.Clone(ann), rootID, rootCT, time.Time{})
+		err = s.keystoreErr(cctx, err)
 		if lasting(err) {
 			s.negative.Add(key, refusal{err: err, until: s.cfg.Now().Add(negativeTTL)})
 		}
@@ -344,6 +417,9 @@ func (s *Service) kekFor(ctx context.Context, ann []byte, keyID string) (*kek, e
 	select {
 	case r := <-ch:
 		if r.Err != nil {
+			if errors.Is(r.Err, keystore.ErrUnavailable) {
+				s.refuse()
+			}
 			return nil, r.Err
 		}
 		return r.Val.(*kek), nil
@@ -402,28 +478,20 @@ func (s *Service) due(k *kek) string {
 	return ""
 }
 
-// renew replaces k, unless another caller already did. If the keystore
-// cannot make a new KEK, k stays in use: the bounds are policy, and the
-// control plane must keep writing.
-func (s *Service) renew(ctx context.Context, k *kek, reason string) *kek {
-	s.mintMu.Lock()
-	defer s.mintMu.Unlock()
-	if cur := s.cur.Load(); cur != k {
-		return cur
-	}
-	cctx, cancel := context.WithTimeout(ctx, s.cfg.KeystoreTimeout)
-	defer cancel()
-	nk, err := s.mint(cctx, reason)
-	if err != nil {
-		s.log.Warn("local KEK is past its bound but a new one could not be made; still using it",
-			"reason", reason, "error", err)
-		return k
-	}
-	return nk
-}
-
 // mint makes, wraps and installs a new current local KEK. Callers hold mintMu.
 func (s *Service) mint(ctx context.Context, reason string) (*kek, error) {
+	k, err := s.newLocalKEK(ctx, reason)
+	if err != nil {
+		return nil, err
+	}
+	s.install(k, reason)
+	s.saveState(k)
+	return k, nil
+}
+
+// newLocalKEK makes and wraps a new local KEK without installing it.
+// Callers hold mintMu.
+func (s *Service) newLocalKEK(ctx context.Context, reason string) (*kek, error) {
 	key := make([]byte, envelope.KEKSize)
 	defer clear(key)
 	if _, err := io.ReadFull(s.cfg.Rand, key); err != nil {
@@ -431,9 +499,12 @@ func (s *Service) mint(ctx context.Context, reason string) (*kek, error) {
 	}
 	start := time.Now()
 	w, err := s.cfg.Backend.Wrap(ctx, key, envelope.RootAAD())
+	err = s.keystoreErr(ctx, err)
 	s.cfg.Metrics.ObserveKeystore(s.backend, "wrap", class(err), time.Since(start))
 	if err != nil {
-		return nil, fmt.Errorf("wrap new local KEK: %w", err)
+		err = fmt.Errorf("wrap new local KEK: %w", err)
+		s.mintFailed(err, reason)
+		return nil, err
 	}
 	ann, err := envelope.EncodeKEK(w.KeyID, w.Ciphertext)
 	if err != nil {
@@ -443,14 +514,23 @@ func (s *Service) mint(ctx context.Context, reason string) (*kek, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.install(k, reason)
-	s.saveState(k)
+	s.renewFails = 0
+	s.renewAfter.Store(0)
 	return k, nil
 }
 
 func (s *Service) install(k *kek, reason string) {
-	s.cache.Add(string(k.annotation), k)
 	s.cur.Store(k)
+	s.installed(k, reason)
+}
+
+// installed records that k just became the current KEK.
+func (s *Service) installed(k *kek, reason string) {
+	// A spare made under an earlier root version is of no use any more.
+	if n := s.next.Load(); n != nil && n.rootKeyID != k.rootKeyID {
+		s.next.CompareAndSwap(n, nil)
+	}
+	s.cache.Add(string(k.annotation), k)
 	s.savedUses.Store(k.uses.Load())
 	s.cfg.Metrics.SetCacheSize(s.cache.Len())
 	s.cfg.Metrics.KEKGenerated(reason, k.created)
@@ -465,31 +545,49 @@ func (s *Service) install(k *kek, reason string) {
 }
 
 // Check reads the root key_id, replaces the local KEK when the root key
-// rotated or the KEK is past its bounds, and refreshes health. Run calls it
-// every CheckInterval; it is exported for tests and tools.
+// rotated or the KEK is past its bounds, probes the keystore while the
+// breaker is open, re-checks the root versions of the cached KEKs every
+// RevalidateInterval, and refreshes health. Run calls it every
+// CheckInterval; it is exported for tests and tools.
 func (s *Service) Check(ctx context.Context) {
+	s.checkMu.Lock()
+	defer s.checkMu.Unlock()
 	err := s.check(ctx)
+	if s.down.Load() && !errors.Is(err, keystore.ErrUnavailable) {
+		// A check can succeed without reaching the keystore (remote
+		// backends cache their key_id): only a real call closes the
+		// breaker.
+		if perr := s.probe(ctx); perr != nil {
+			err = cmp.Or(err, perr)
+		} else {
+			s.closeCircuit()
+		}
+	}
 	now := s.cfg.Now()
 	if err == nil {
 		s.lastOK.Store(now.UnixNano())
+		s.okStreak++
+	} else {
+		s.okStreak = 0
 	}
-	h := &health{ok: true, reason: "ok"}
-	cur := s.cur.Load()
-	switch {
-	case cur == nil:
-		h = &health{reason: "no local KEK: keystore " + class(err)}
-	case err != nil:
-		last := time.Unix(0, s.lastOK.Load())
-		if s.lastOK.Load() == 0 || now.Sub(last) >= s.cfg.Grace {
-			h = &health{reason: "keystore " + class(err) + " since " + last.UTC().Format(time.RFC3339)}
+	var revoked error
+	if err == nil && now.Sub(s.lastRevalidate) >= s.cfg.RevalidateInterval {
+		var complete bool
+		revoked, complete = s.revalidate(ctx)
+		s.lastRevalidate = now
+		if !complete {
+			// A version the keystore could not answer for (throttled,
+			// say) is tried again after a quarter interval.
+			s.lastRevalidate = now.Add(-s.cfg.RevalidateInterval * 3 / 4)
 		}
 	}
+	h := s.healthNow(err, revoked, now)
 	if err != nil {
 		s.log.Warn("keystore check failed", "error", err, "healthy", h.ok)
 	}
 	s.health.Store(h)
 	s.cfg.Metrics.SetHealth(h.ok, err == nil, time.Unix(0, s.lastOK.Load()))
-	if cur != nil {
+	if cur := s.cur.Load(); cur != nil {
 		uses := cur.uses.Load()
 		s.cfg.Metrics.SetKEKUses(uses)
 		if uses != s.savedUses.Load() {
@@ -498,11 +596,47 @@ func (s *Service) Check(ctx context.Context) {
 	}
 }
 
+// healthNow is the rule docs/architecture.md#health states. Callers hold
+// checkMu; err is this check's outcome, revoked why the current KEK was
+// just dropped (or nil).
+func (s *Service) healthNow(err, revoked error, now time.Time) *health {
+	reason := ""
+	last := time.Unix(0, s.lastOK.Load())
+	switch {
+	case s.cur.Load() == nil:
+		if err == nil {
+			err = revoked
+		}
+		reason = "no local KEK: keystore " + class(err)
+	case err != nil && (s.lastOK.Load() == 0 || now.Sub(last) >= s.cfg.Grace):
+		reason = "keystore " + class(err) + " since " + last.UTC().Format(time.RFC3339)
+	case s.down.Load() && s.refused.Load() != 0:
+		reason = refusedReason(class(err), s.downSince.Load())
+	}
+	switch {
+	case reason != "":
+		// Going not ok while the keystore is down (not at start-up)
+		// holds Status down until the keystore has answered
+		// recoveryChecks checks in a row: a flapping keystore cannot
+		// flap the apiserver's readiness.
+		if s.down.Load() && s.wasOK.Load() {
+			s.held.Store(true)
+		}
+		return &health{reason: reason}
+	case s.held.Load() && s.okStreak < recoveryChecks:
+		return &health{reason: fmt.Sprintf("keystore recovering: %d of %d checks ok", s.okStreak, recoveryChecks)}
+	}
+	s.held.Store(false)
+	s.wasOK.Store(true)
+	return &health{ok: true, reason: "ok"}
+}
+
 func (s *Service) check(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.KeystoreTimeout)
 	defer cancel()
 	start := time.Now()
 	kid, err := s.cfg.Backend.KeyID(cctx)
+	err = s.keystoreErr(cctx, err)
 	s.cfg.Metrics.ObserveKeystore(s.backend, "key_id", class(err), time.Since(start))
 	if err != nil {
 		return fmt.Errorf("read root key_id: %w", err)
@@ -523,6 +657,13 @@ func (s *Service) check(ctx context.Context) error {
 		reason = s.due(cur)
 	}
 	if reason == "" {
+		return nil
+	}
+	if n := s.next.Swap(nil); n != nil && cur != nil && n.rootKeyID == kid && reason != "root_rotation" {
+		n.created = s.cfg.Now() // its age counts from its first use
+		s.cur.Store(n)
+		s.installed(n, reason)
+		s.saveState(n)
 		return nil
 	}
 	_, err = s.mint(cctx, reason)

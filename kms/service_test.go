@@ -418,15 +418,24 @@ func TestKEKBounds(t *testing.T) {
 	var mu sync.Mutex
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	s := e.service(func(c *Config) { c.KEKMaxUses = 3; c.KEKMaxAge = time.Hour; c.Now = clock })
+	renewed := make(chan error, 8)
+	s.afterRenew = func(err error) { renewed <- err }
 	ann := func(r *service.EncryptResponse) string { return string(r.Annotations[envelope.AnnotationKey]) }
 	first := ann(encrypt(t, s, seed(t)))
-	encrypt(t, s, seed(t))
+	encrypt(t, s, seed(t)) // from half the bound on, a spare is made in the background
 	if got := ann(encrypt(t, s, seed(t))); got != first {
 		t.Fatal("KEK replaced before its use bound")
 	}
+	if err := <-renewed; err != nil {
+		t.Fatalf("background spare: %v", err)
+	}
+	wraps := e.spy.Wraps.Load()
 	second := ann(encrypt(t, s, seed(t)))
 	if second == first {
 		t.Fatal("KEK not replaced after 3 uses")
+	}
+	if e.spy.Wraps.Load() != wraps {
+		t.Fatal("Encrypt called the keystore to replace the KEK")
 	}
 	mu.Lock()
 	now = now.Add(2 * time.Hour)
@@ -476,7 +485,14 @@ func TestKeystoreOutage(t *testing.T) {
 		t.Fatal("a service that never reached its keystore reports healthy")
 	}
 	e.spy.SetErr(nil)
-	s.Check(ctx)
+	// s went unhealthy with the keystore down: it needs recoveryChecks
+	// good checks in a row. fresh was never healthy: one is enough.
+	for i := range recoveryChecks {
+		s.Check(ctx)
+		if ok, _ := s.Healthy(); ok != (i == recoveryChecks-1) {
+			t.Fatalf("healthy=%v after %d good checks, want true only after %d", ok, i+1, recoveryChecks)
+		}
+	}
 	fresh.Check(ctx)
 	for _, x := range []*Service{s, fresh} {
 		if ok, reason := x.Healthy(); !ok {
@@ -580,7 +596,9 @@ func TestNegativeCache(t *testing.T) {
 	if n := other.spy.Unwraps.Load(); n != 2 {
 		t.Fatalf("refusal not retried after its TTL: %d unwraps", n)
 	}
-	// Transient failures are not remembered.
+	// Transient failures are not remembered per KEK: they open the
+	// breaker (one keystore call, then fast Unavailable), and the KEK
+	// decrypts as soon as a check has closed it.
 	fresh := e.service(nil)
 	e.spy.SetErr(fmt.Errorf("%w: down", keystore.ErrUnavailable))
 	before := e.spy.Unwraps.Load()
@@ -589,10 +607,11 @@ func TestNegativeCache(t *testing.T) {
 			t.Fatalf("Decrypt with keystore down: %v", err)
 		}
 	}
-	if n := e.spy.Unwraps.Load() - before; n != 3 {
-		t.Fatalf("transient failure cached: %d unwraps for 3 Decrypts", n)
+	if n := e.spy.Unwraps.Load() - before; n != 1 {
+		t.Fatalf("%d unwraps for 3 Decrypts with the keystore down, want 1 (then the breaker answers)", n)
 	}
 	e.spy.SetErr(nil)
+	fresh.Check(ctx)
 	if _, err := fresh.Decrypt(ctx, "u", req(r)); err != nil {
 		t.Fatalf("Decrypt after recovery: %v", err)
 	}

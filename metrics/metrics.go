@@ -40,6 +40,9 @@ type Metrics struct {
 	lastCheck       prometheus.Gauge
 	healthy         prometheus.Gauge
 	keystoreUp      prometheus.Gauge
+	circuitOpen     prometheus.Gauge
+	renewalFailures prometheus.Counter
+	keksRevoked     prometheus.Counter
 	buildInfo       *prometheus.GaugeVec
 
 	rpc *rpcMetrics
@@ -104,6 +107,18 @@ func New() *Metrics {
 			Namespace: Namespace, Subsystem: "keystore", Name: "up",
 			Help: "1 when the last keystore health check succeeded, else 0.",
 		}),
+		circuitOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "keystore", Name: "circuit_open",
+			Help: "1 while the keystore is known down: Decrypts that need it fail fast with Unavailable until a background check reaches it.",
+		}),
+		renewalFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "kek", Name: "renewal_failures_total",
+			Help: "Attempts to make a new local KEK that failed (the current one stays in use up to its hard stop).",
+		}),
+		keksRevoked: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "kek", Name: "revoked_total",
+			Help: "Unwrapped local KEKs dropped from memory because their root key version was found disabled, destroyed or gone.",
+		}),
 		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "build_info",
 			Help: "Always 1; labels carry the version.",
@@ -111,7 +126,8 @@ func New() *Metrics {
 	}
 	m.Registry.MustRegister(
 		m.rpc.started, m.rpc.handled, m.rpc.seconds, m.keystoreSeconds, m.cacheHits, m.cacheMisses, m.cacheSize,
-		m.kekGenerations, m.kekUses, m.kekAge, m.rootKeyInfo, m.rootKeySeen, m.lastCheck, m.healthy, m.keystoreUp, m.buildInfo,
+		m.kekGenerations, m.kekUses, m.kekAge, m.rootKeyInfo, m.rootKeySeen, m.lastCheck, m.healthy, m.keystoreUp,
+		m.circuitOpen, m.renewalFailures, m.keksRevoked, m.buildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -211,6 +227,28 @@ func (m *Metrics) SetHealth(healthy, keystoreUp bool, lastSuccess time.Time) {
 	m.keystoreUp.Set(b2f(keystoreUp))
 	if !lastSuccess.IsZero() {
 		m.lastCheck.Set(float64(lastSuccess.Unix()))
+	}
+}
+
+// SetCircuitOpen records whether the keystore breaker is open.
+func (m *Metrics) SetCircuitOpen(open bool) {
+	if m != nil {
+		m.circuitOpen.Set(b2f(open))
+	}
+}
+
+// KEKRenewalFailed counts a failed attempt to make a new local KEK.
+func (m *Metrics) KEKRenewalFailed() {
+	if m != nil {
+		m.renewalFailures.Inc()
+	}
+}
+
+// KEKsRevoked counts unwrapped local KEKs dropped because their root key
+// version may no longer be used.
+func (m *Metrics) KEKsRevoked(n int) {
+	if m != nil {
+		m.keksRevoked.Add(float64(n))
 	}
 }
 

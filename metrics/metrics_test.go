@@ -51,6 +51,9 @@ func TestRecordedMetrics(t *testing.T) {
 	m.SetRootKey("file", "tink:1:aa", time.Unix(1600000000, 0))
 	m.SetRootKey("file", "tink:2:bb", time.Unix(1700000050, 0)) // replaces, never accumulates
 	m.SetHealth(true, false, time.Unix(1700000100, 0))
+	m.SetCircuitOpen(true)
+	m.KEKRenewalFailed()
+	m.KEKsRevoked(3)
 	_, body := get(t, Handler(m, func() (bool, string) { return true, "ok" }), "/metrics")
 	for _, want := range []string{
 		`keywarden_build_info{version="v9"} 1`,
@@ -66,6 +69,9 @@ func TestRecordedMetrics(t *testing.T) {
 		`keywarden_healthy 1`,
 		`keywarden_keystore_up 0`,
 		`keywarden_keystore_last_success_timestamp_seconds 1.7000001e+09`,
+		`keywarden_keystore_circuit_open 1`,
+		`keywarden_kek_renewal_failures_total 1`,
+		`keywarden_kek_revoked_total 3`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("missing %s", want)

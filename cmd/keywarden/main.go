@@ -50,6 +50,8 @@ type options struct {
 	kekMaxUses      uint64
 	kekMaxAge       time.Duration
 	cacheSize       int
+	revalidate      time.Duration
+	maxUnwraps      int
 	stateFile       string
 	shutdownTimeout time.Duration
 	logFormat       string
@@ -70,6 +72,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Uint64Var(&o.kekMaxUses, "kek-max-uses", kms.DefaultKEKMaxUses, "Encrypts one local KEK may seal before a new one is made")
 	fs.DurationVar(&o.kekMaxAge, "kek-max-age", kms.DefaultKEKMaxAge, "age after which a new local KEK is made")
 	fs.IntVar(&o.cacheSize, "kek-cache-size", kms.DefaultCacheSize, "unwrapped local KEKs kept in memory for Decrypt")
+	fs.DurationVar(&o.revalidate, "kek-revalidate-interval", kms.DefaultRevalidateInterval, "how often the root key versions of the KEKs in memory are re-checked: a disabled or destroyed version stops decrypting within about this long")
+	fs.IntVar(&o.maxUnwraps, "keystore-max-unwraps", kms.DefaultMaxUnwraps, "keystore unwraps (distinct local KEKs) in flight at once; a Decrypt needing one more gets ResourceExhausted")
 	fs.StringVar(&o.stateFile, "state-file", "", "keep the current wrapped local KEK here so restarts reuse it (optional)")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight RPCs")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
@@ -130,16 +134,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	m := metrics.New()
 	m.SetVersion(version)
 	svc, err := kms.New(ctx, kms.Config{
-		Backend:         backend,
-		Metrics:         m,
-		Logger:          log,
-		CheckInterval:   o.checkInterval,
-		KeystoreTimeout: o.keystoreTimeout,
-		Grace:           o.grace,
-		KEKMaxUses:      o.kekMaxUses,
-		KEKMaxAge:       o.kekMaxAge,
-		CacheSize:       o.cacheSize,
-		StateFile:       o.stateFile,
+		Backend:            backend,
+		Metrics:            m,
+		Logger:             log,
+		CheckInterval:      o.checkInterval,
+		KeystoreTimeout:    o.keystoreTimeout,
+		Grace:              o.grace,
+		KEKMaxUses:         o.kekMaxUses,
+		KEKMaxAge:          o.kekMaxAge,
+		CacheSize:          o.cacheSize,
+		RevalidateInterval: o.revalidate,
+		MaxUnwraps:         o.maxUnwraps,
+		StateFile:          o.stateFile,
 	})
 	if err != nil {
 		return err

@@ -524,7 +524,9 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 // mint starts s, makes the storm's ciphertexts through it, and stops it.
-func (e *env) mint(ctx context.Context, s server, conc int) (*bench.StormTarget, error) {
+// perKEK > 0 is s's --kek-max-uses: at most that many are kept per local
+// KEK (bench.MintPerKEK, sequential); 0 mints conc at a time.
+func (e *env) mint(ctx context.Context, s server, conc, perKEK int) (*bench.StormTarget, error) {
 	p, err := e.start(ctx, s)
 	if err != nil {
 		return nil, err
@@ -535,11 +537,16 @@ func (e *env) mint(ctx context.Context, s server, conc int) (*bench.StormTarget,
 		return nil, err
 	}
 	defer c.Close()
-	seeds, reqs, keks, err := bench.Mint(ctx, c, e.o.stormDecrypts, conc)
+	t := &bench.StormTarget{}
+	if perKEK > 0 {
+		t.Seeds, t.Requests, t.KEKs, err = bench.MintPerKEK(ctx, c, e.o.stormDecrypts, perKEK)
+	} else {
+		t.Seeds, t.Requests, t.KEKs, err = bench.Mint(ctx, c, e.o.stormDecrypts, conc)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", s.name, err)
 	}
-	return &bench.StormTarget{Seeds: seeds, Requests: reqs, KEKs: keks}, nil
+	return t, nil
 }
 
 // starter starts s cold for one storm round and counts its keystore
@@ -593,16 +600,16 @@ func (e *env) remoteCounting(k *rig.Keystore, start func(ctx context.Context) (*
 func storm(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error {
 	o := e.o
 	perKEK := (o.stormDecrypts + o.stormKEKs - 1) / o.stormKEKs
-	// Sequential Encrypts through keywarden with --kek-max-uses make
-	// exactly storm-keks local KEKs.
-	local, err := e.mint(ctx, kwServer("--kek-max-uses", strconv.Itoa(perKEK)), 1)
+	// Sequential Encrypts through keywarden with --kek-max-uses, at most
+	// perKEK kept per local KEK, make exactly storm-keks local KEKs.
+	local, err := e.mint(ctx, kwServer("--kek-max-uses", strconv.Itoa(perKEK)), 1, perKEK)
 	if err != nil {
 		return err
 	}
 	if local.KEKs != o.stormKEKs {
 		return fmt.Errorf("minting made %d local KEKs, want %d", local.KEKs, o.stormKEKs)
 	}
-	floorReqs, err := e.mint(ctx, floorServer(), 16)
+	floorReqs, err := e.mint(ctx, floorServer(), 16, 0)
 	if err != nil {
 		return err
 	}
@@ -613,7 +620,7 @@ func storm(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error
 	if o.slowDelay > 0 {
 		slow := *local
 		slow.Name, slow.Start = slowName, e.starter(labServer(slowName, lab.ModeLocalKEK, o.slowDelay))
-		pc, err := e.mint(ctx, labServer(perCallName, lab.ModePerCall, 0), 16)
+		pc, err := e.mint(ctx, labServer(perCallName, lab.ModePerCall, 0), 16, 0)
 		if err != nil {
 			return err
 		}
@@ -622,7 +629,7 @@ func storm(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error
 	}
 	for _, k := range e.stores {
 		name := kwStorePfx + k.Name
-		t, err := e.mint(ctx, storeServer(name, lab.ModeLocalKEK, k, "--kek-max-uses", strconv.Itoa(perKEK)), 1)
+		t, err := e.mint(ctx, storeServer(name, lab.ModeLocalKEK, k, "--kek-max-uses", strconv.Itoa(perKEK)), 1, perKEK)
 		if err != nil {
 			return err
 		}
@@ -631,7 +638,7 @@ func storm(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error
 		}
 		t.Name, t.Start = name, e.remoteCounting(k, e.starter(storeServer(name, lab.ModeLocalKEK, k)))
 		pname := perCallPfx + k.Name
-		pc, err := e.mint(ctx, storeServer(pname, lab.ModePerCall, k), 16)
+		pc, err := e.mint(ctx, storeServer(pname, lab.ModePerCall, k), 16, 0)
 		if err != nil {
 			return err
 		}
