@@ -336,7 +336,7 @@ func serveInProcess(t *testing.T, uri, stateFile string, now func() time.Time) (
 	}
 	m := metrics.New()
 	svc, err := kms.New(ctx, kms.Config{
-		Backend: b, Metrics: m, CheckInterval: checkInterval, KeystoreTimeout: keystoreTimeout,
+		Backend: b, Metrics: m, CheckInterval: checkInterval, KeystoreTimeout: keystoreTimeout, RevalidateInterval: revalidateInterval,
 		Grace: grace, StateFile: stateFile, Now: now,
 	})
 	if err != nil {

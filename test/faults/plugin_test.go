@@ -35,6 +35,10 @@ const (
 	// keyIDTTL is the remote keystores' key-id-ttl: every check reaches the
 	// keystore.
 	keyIDTTL = 200 * time.Millisecond
+	// revalidateInterval: every check also asks whether the root versions
+	// of the KEKs in memory may still be used, so a disabled or deleted
+	// version shows in the cells that follow.
+	revalidateInterval = checkInterval
 	// callTimeout is kube-apiserver's deadline on every KMS call.
 	callTimeout = 3 * time.Second
 	// startTimeout bounds how long start-up may take before the cell says
@@ -47,6 +51,7 @@ func keywardenArgs() []string {
 		"--check-interval", checkInterval.String(),
 		"--keystore-timeout", keystoreTimeout.String(),
 		"--keystore-grace", grace.String(),
+		"--kek-revalidate-interval", revalidateInterval.String(),
 		"--log-format", "text",
 	}
 }
