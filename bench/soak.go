@@ -133,7 +133,7 @@ func WriteSoakPlot(dir, title string, s SoakSeries, down [][2]float64) (name str
 			return "", err
 		}
 		poly.Color = color.Gray{Y: 225}
-		poly.LineStyle.Width = 0
+		poly.Width = 0
 		p.Add(poly)
 	}
 	xys := make(plotter.XYs, len(s.T))
