@@ -59,9 +59,21 @@ func TestKeystoreOutage(t *testing.T) {
 		requireOrSkip(t, "KEYWARDEN_REQUIRE_VAULT", err.Error())
 	}
 	v := cluster.StartVault(t, tools, bin)
+	args := []string{"--keystore-grace", grace.String()}
+	// KEYWARDEN_E2E_OUTAGE_KEK_MAX_AGE (say 90s, under half the outage)
+	// puts the local KEK past its age bound before the apiserver restart,
+	// so the restarted apiserver's Encrypt meets a KEK due for renewal
+	// while the keystore hangs (issue 13, defect 3).
+	if s := os.Getenv("KEYWARDEN_E2E_OUTAGE_KEK_MAX_AGE"); s != "" {
+		d := envDuration(t, "KEYWARDEN_E2E_OUTAGE_KEK_MAX_AGE", 0)
+		if d >= outage/2 {
+			t.Fatalf("KEYWARDEN_E2E_OUTAGE_KEK_MAX_AGE=%s: want under half the outage (%s), so the KEK is past it at the restart", s, outage/2)
+		}
+		args = append(args, "--kek-max-age", d.String())
+	}
 	c := cluster.Start(t, cluster.Options{
 		Keyset:    v.Keyset,
-		Keywarden: cluster.KeywardenOptions{ExtraArgs: []string{"--keystore-grace", grace.String()}},
+		Keywarden: cluster.KeywardenOptions{ExtraArgs: args},
 	})
 	a, kw := c.APIServer, c.Keywarden
 	ctx, cancel := context.WithTimeout(context.Background(), outage+15*time.Minute)
