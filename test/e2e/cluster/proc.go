@@ -80,8 +80,16 @@ type Process struct {
 // 10 s, and is waited for. It fails the test if path cannot be started.
 func StartProcess(t testing.TB, name, logPath, path string, args ...string) *Process {
 	t.Helper()
+	return StartProcessEnv(t, name, logPath, nil, path, args...)
+}
+
+// StartProcessEnv is StartProcess with env ("KEY=value") added to the test
+// process's environment; a key given twice takes its last value, so
+// "VAULT_ADDR=" clears one.
+func StartProcessEnv(t testing.TB, name, logPath string, env []string, path string, args ...string) *Process {
+	t.Helper()
 	logOnFailure(t, name, logPath)
-	p, err := startProc(name, logPath, path, args...)
+	p, err := startProcEnv(name, logPath, env, path, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
