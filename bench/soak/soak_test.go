@@ -108,11 +108,11 @@ type summary struct {
 // (default bench/results/<UTC date>-soak), and fails if a request failed,
 // a Secret was lost, or a series is not flat by its rule (see rules).
 func TestSoak(t *testing.T) {
-	dur := envDuration(t, "KEYWARDEN_SOAK_DURATION", time.Hour)
-	up := envDuration(t, "KEYWARDEN_SOAK_UP", 3*time.Minute)
-	down := envDuration(t, "KEYWARDEN_SOAK_DOWN", 2*time.Minute)
-	every := envDuration(t, "KEYWARDEN_SOAK_SAMPLE", 5*time.Second)
-	restartEvery := envDuration(t, "KEYWARDEN_SOAK_RESTART", 9*time.Minute)
+	dur := cluster.EnvDuration(t, "KEYWARDEN_SOAK_DURATION", time.Hour)
+	up := cluster.EnvDuration(t, "KEYWARDEN_SOAK_UP", 3*time.Minute)
+	down := cluster.EnvDuration(t, "KEYWARDEN_SOAK_DOWN", 2*time.Minute)
+	every := cluster.EnvDuration(t, "KEYWARDEN_SOAK_SAMPLE", 5*time.Second)
+	restartEvery := cluster.EnvDuration(t, "KEYWARDEN_SOAK_RESTART", 9*time.Minute)
 	const trafficEvery, listEvery = time.Second, 30
 	out := outDir(t)
 	tools := cluster.MustTools(t)
@@ -432,18 +432,4 @@ func outDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return dir
-}
-
-// envDuration reads a duration from the environment, or def.
-func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
-	t.Helper()
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d <= 0 {
-		t.Fatalf("%s=%q: want a positive duration such as 10m", name, s)
-	}
-	return d
 }

@@ -48,7 +48,7 @@ const (
 // reads back byte for byte (GET and paged LIST) and is stored in etcd as a
 // KMS v2 value under the root key_id, without its plaintext.
 func TestKeystoreOutage(t *testing.T) {
-	outage := envDuration(t, "KEYWARDEN_E2E_OUTAGE", 10*time.Minute)
+	outage := cluster.EnvDuration(t, "KEYWARDEN_E2E_OUTAGE", 10*time.Minute)
 	if outage < minOutage {
 		t.Fatalf("KEYWARDEN_E2E_OUTAGE=%s: want at least %s (grace %s, an apiserver restart, writes after it)", outage, minOutage, grace)
 	}
@@ -65,7 +65,7 @@ func TestKeystoreOutage(t *testing.T) {
 	// so the restarted apiserver's Encrypt meets a KEK due for renewal
 	// while the keystore hangs (issue 13, defect 3).
 	if s := os.Getenv("KEYWARDEN_E2E_OUTAGE_KEK_MAX_AGE"); s != "" {
-		d := envDuration(t, "KEYWARDEN_E2E_OUTAGE_KEK_MAX_AGE", 0)
+		d := cluster.EnvDuration(t, "KEYWARDEN_E2E_OUTAGE_KEK_MAX_AGE", 0)
 		if d >= outage/2 {
 			t.Fatalf("KEYWARDEN_E2E_OUTAGE_KEK_MAX_AGE=%s: want under half the outage (%s), so the KEK is past it at the restart", s, outage/2)
 		}
@@ -395,20 +395,6 @@ func (tl *timeline) assert(grace time.Duration, thawed time.Time) {
 				name, fail.Round(time.Second), grace, (back - thaw).Round(time.Second))
 		}
 	}
-}
-
-// envDuration reads a duration from the environment, or def.
-func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
-	t.Helper()
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d <= 0 {
-		t.Fatalf("%s=%q: want a positive duration such as 10m", name, s)
-	}
-	return d
 }
 
 // requireOrSkip skips t with why, or fails it if env is set (CI sets
