@@ -164,10 +164,15 @@ promote prints what will change and asks for confirmation on a terminal;
 		})
 	disable := action("disable", "Disable a non-primary version (reversible with enable)",
 		`disable makes a non-primary version unusable for Decrypt, reversibly (keys
-enable undoes it). Objects still under it become unreadable: run kmsctl audit
+enable undoes it). Objects still under it become unreadable: a Decrypt that
+must unwrap a local KEK under it fails with FailedPrecondition, and every
+running keywarden drops the local KEKs under it that it holds in memory
+within its --kek-revalidate-interval plus --check-interval (65s at the
+defaults, while its keystore answers), without a restart. Run kmsctl audit
 first. Given --etcd-endpoints or --audit-report, disable checks the audit as
 destroy does (see keys destroy --help) and refuses while it counts objects
-under the version or is not evidence enough, unless --force.`,
+under the version or is not evidence enough, unless --force. Given neither,
+it checks nothing.`,
 		"  kmsctl keys disable --keystore file:///etc/keywarden/keyset.json --etcd-endpoints http://127.0.0.1:2379 tink:123:0a1b2c3d4e5f6071",
 		func(m keystore.Manager) func(context.Context, string) error { return m.Disable },
 		func(cmd *cobra.Command, _ keystore.Manager, vs []keystore.KeyVersion, v keystore.KeyVersion) error {
@@ -187,7 +192,8 @@ It needs evidence that nothing uses the version, and checks that evidence:
   --etcd-endpoints  a live audit of every value under --prefix (kube-apiserver's
                     --etcd-prefix), whatever the resource: Secrets, ConfigMaps,
                     custom resources, anything an EncryptionConfiguration ever
-                    encrypted. --resources and --encryption-config are ignored.
+                    encrypted. --resources and --encryption-config are ignored,
+                    with a warning.
   --audit-report    the JSON of an earlier kmsctl audit --resources '*.*'.
 
 It refuses (exit 3) while the audit counts any object under the version, and
@@ -198,6 +204,13 @@ cluster's etcd, or the wrong --prefix: after a rotation, the objects are under
 the new primary); or, for a report, it is older than --audit-max-age (default
 1h) or dated over 5 minutes in the future. --force overrides any of these,
 and the lack of evidence, after printing a warning that names each one.
+
+Disable the version first and wait longer than keywarden's
+--kek-revalidate-interval plus --check-interval (65s at the defaults): from
+then on no keywarden decrypts under it from memory, so anything read that
+still needs it fails with FailedPrecondition while keys enable can still undo
+it. kube-apiserver's own cache of decrypted DEK seeds is beyond keywarden's
+reach: the audit is the proof.
 
 It prints what will change and needs --yes when stdin is not a terminal.`,
 		`  kmsctl keys destroy --keystore file:///etc/keywarden/keyset.json \

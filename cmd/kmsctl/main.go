@@ -133,7 +133,8 @@ Rotating the root key (docs/rotation.md):
   kmsctl migrate                   rewrite encrypted objects under the new key
   kmsctl audit                     prove from etcd that nothing uses the old one
   kmsctl keys disable / destroy    retire it
-or all at once, with checks between the steps:
+or add to audit at once, with checks between the steps (it never disables
+or destroys, and its audit covers only the migrated resources):
   kmsctl rotate
 
 Exit codes: 0 ok; 1 failed; 2 usage error or confirmation missing;

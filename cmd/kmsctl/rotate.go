@@ -140,7 +140,9 @@ checks each step before the next:
            written every few seconds and read back from etcd, up to
            --pickup-window
   migrate  rewrite every encrypted object (see kmsctl migrate)
-  audit    read etcd: zero objects may remain under the old key_id
+  audit    read etcd for the migrated resources: zero objects may remain
+           under the old key_id (not the whole-prefix audit that keys
+           disable and destroy accept as evidence)
   report   what was done, and what is next (disable, later destroy, the old key)
 
 It stops at the first surprise (plugin not reporting the key, apiserver not
