@@ -453,7 +453,7 @@ func (g *globals) rotate(ctx context.Context, f *rotateFlags) (err error) {
 	}
 	out.Next = []string{
 		`watch for a while that nothing fails to decrypt (keywarden_grpc_server_handled_total{grpc_method="Decrypt",grpc_code!="OK"})`,
-		fmt.Sprintf("kmsctl keys disable --keystore %s %s   (on every node; reversible with keys enable)", byuri.Redact(f.keystore), st.OldKey),
+		fmt.Sprintf("kmsctl keys disable --keystore %s --etcd-endpoints ... %s   (audits every value under the prefix; on every node; reversible with keys enable)", byuri.Redact(f.keystore), st.OldKey),
 		fmt.Sprintf("later: kmsctl keys destroy --keystore %s --etcd-endpoints ... %s", byuri.Redact(f.keystore), st.OldKey),
 	}
 	return g.printRotate(out)

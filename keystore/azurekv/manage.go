@@ -24,7 +24,7 @@ import (
 
 // List implements keystore.Manager.
 func (b *Backend) List(ctx context.Context) ([]keystore.KeyVersion, error) {
-	cur, err := b.cur.Refresh(ctx, b.resolve)
+	cur, err := b.cur.Update(ctx, b.resolve)
 	if err != nil && !errors.Is(err, keystore.ErrKeyDisabled) {
 		return nil, err
 	}
@@ -52,7 +52,7 @@ func (b *Backend) List(ctx context.Context) ([]keystore.KeyVersion, error) {
 // the newest enabled version), unless the URI pins a version. Not retried:
 // a retry after a lost answer would make a second version.
 func (b *Backend) Add(ctx context.Context) (keystore.KeyVersion, error) {
-	c, err := b.cur.Refresh(ctx, b.resolve)
+	c, err := b.cur.Update(ctx, b.resolve)
 	if err != nil {
 		return keystore.KeyVersion{}, err
 	}
@@ -92,7 +92,7 @@ func (b *Backend) Promote(ctx context.Context, keyID string) error {
 	if _, err := b.versionOf(keyID); err != nil {
 		return err
 	}
-	c, err := b.cur.Refresh(ctx, b.resolve)
+	c, err := b.cur.Update(ctx, b.resolve)
 	if err != nil {
 		return err
 	}
@@ -105,7 +105,7 @@ func (b *Backend) Promote(ctx context.Context, keyID string) error {
 // Disable implements keystore.Manager. The version in use cannot be
 // disabled.
 func (b *Backend) Disable(ctx context.Context, keyID string) error {
-	c, err := b.cur.Refresh(ctx, b.resolve)
+	c, err := b.cur.Update(ctx, b.resolve)
 	if err != nil {
 		return err
 	}

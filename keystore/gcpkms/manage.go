@@ -15,7 +15,7 @@ import (
 
 // List implements keystore.Manager.
 func (b *Backend) List(ctx context.Context) ([]keystore.KeyVersion, error) {
-	primary, err := b.primary.Refresh(ctx, b.getPrimary)
+	primary, err := b.primary.Update(ctx, b.getPrimary)
 	if err != nil && !errors.Is(err, keystore.ErrKeyDisabled) {
 		return nil, err
 	}
@@ -100,7 +100,7 @@ func (b *Backend) setState(ctx context.Context, keyID string, s kmspb.CryptoKeyV
 		return err
 	}
 	if s != kmspb.CryptoKeyVersion_ENABLED {
-		primary, err := b.primary.Refresh(ctx, b.getPrimary)
+		primary, err := b.primary.Update(ctx, b.getPrimary)
 		if err != nil {
 			return err
 		}

@@ -377,7 +377,7 @@ func parseCiphertext(s string) (int, []byte, error) {
 }
 
 func (b *Backend) refreshMeta(ctx context.Context) (*keyMeta, error) {
-	return b.meta.Refresh(ctx, b.fetch)
+	return b.meta.Update(ctx, b.fetch)
 }
 
 func (b *Backend) fetchAndProbe(ctx context.Context) (*keyMeta, error) {

@@ -249,11 +249,30 @@ func (c *Cache[T]) Get(ctx context.Context, fetch func(ctx context.Context) (T, 
 // cancellation, for at most the cache's timeout; ctx ending returns at once
 // with ctx's error and leaves the fetch to the others.
 func (c *Cache[T]) Refresh(ctx context.Context, fetch func(ctx context.Context) (T, error)) (T, error) {
+	return c.fetch(ctx, "fresh", fetch, c.Set)
+}
+
+// Update fetches now, as Refresh does, and stores the value for Peek and
+// Last without making it fresh: Get's next fetch is as due as it was. The
+// Manager calls (List, revalidation's) read the key with a plain fetch;
+// were that stored as fresh, the fetch Get runs (which also probes
+// encrypt and decrypt, for health) would be put off for as long as
+// revalidation kept reading within the TTL, that is, for ever. Update's
+// fetch is not shared with Refresh's, so neither answers for the other.
+func (c *Cache[T]) Update(ctx context.Context, fetch func(ctx context.Context) (T, error)) (T, error) {
+	return c.fetch(ctx, "update", fetch, func(v T) {
+		c.mu.Lock()
+		c.val, c.ok = v, true
+		c.mu.Unlock()
+	})
+}
+
+func (c *Cache[T]) fetch(ctx context.Context, key string, fetch func(ctx context.Context) (T, error), store func(T)) (T, error) {
 	if err := ctx.Err(); err != nil {
 		var zero T
 		return zero, err
 	}
-	ch := c.sf.DoChan("", func() (any, error) {
+	ch := c.sf.DoChan(key, func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
 		defer cancel()
 		v, err := fetch(fctx)
@@ -264,7 +283,7 @@ func (c *Cache[T]) Refresh(ctx context.Context, fetch func(ctx context.Context) 
 		if err != nil {
 			return nil, err
 		}
-		c.Set(v)
+		store(v)
 		return v, nil
 	})
 	select {

@@ -230,3 +230,34 @@ func TestCacheRefreshBounded(t *testing.T) {
 		}
 	})
 }
+
+// TestCacheUpdateKeepsGetDue: a Manager read (Update) every half TTL must
+// not put off Get's own fetch, which is the one that probes for health.
+// Before Update existed, List refreshed with Refresh and Get's probing fetch
+// never ran while revalidation kept reading within the TTL.
+func TestCacheUpdateKeepsGetDue(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := NewCache[int](time.Minute, time.Second, nil)
+		probes, plain := 0, 0
+		probe := func(context.Context) (int, error) { probes++; return 1, nil }
+		read := func(context.Context) (int, error) { plain++; return 2, nil }
+		if _, err := c.Get(context.Background(), probe); err != nil {
+			t.Fatal(err)
+		}
+		for range 6 { // three TTLs, a Manager read every half TTL
+			time.Sleep(30 * time.Second)
+			if v, err := c.Update(context.Background(), read); err != nil || v != 2 {
+				t.Fatalf("Update: %d, %v", v, err)
+			}
+			if v, ok := c.Peek(); !ok || v != 2 {
+				t.Fatalf("Peek after Update: %d, %v; want the updated 2", v, ok)
+			}
+			if _, err := c.Get(context.Background(), probe); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if probes != 4 || plain != 6 {
+			t.Fatalf("%d probing fetches and %d plain ones in 3 TTLs, want 4 (one per TTL and the first) and 6", probes, plain)
+		}
+	})
+}
