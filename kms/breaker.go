@@ -47,13 +47,22 @@ func (s *Service) keystoreErr(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil && !errors.Is(err, keystore.ErrUnavailable) {
-		err = fmt.Errorf("%w: no answer within %s", keystore.ErrUnavailable, s.cfg.KeystoreTimeout)
-	}
+	err = s.ownTimeout(ctx, err)
 	if errors.Is(err, keystore.ErrUnavailable) && s.down.CompareAndSwap(false, true) {
 		s.downSince.Store(s.cfg.Now().UnixNano())
 		s.cfg.Metrics.SetCircuitOpen(true)
 		s.log.Warn("keystore down: Decrypts that need it now fail fast until a check reaches it", "error", err)
+	}
+	return err
+}
+
+// ownTimeout names a keystore call that ran out of keywarden's own
+// --keystore-timeout (ctx is the call's bounded context) what it is, the
+// keystore not answering, so that metrics and the breaker count it as
+// Unavailable, the class checks and wraps give it too.
+func (s *Service) ownTimeout(ctx context.Context, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil && !errors.Is(err, keystore.ErrUnavailable) {
+		return fmt.Errorf("%w: no answer within %s", keystore.ErrUnavailable, s.cfg.KeystoreTimeout)
 	}
 	return err
 }

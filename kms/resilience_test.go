@@ -306,6 +306,10 @@ func TestBreaker(t *testing.T) {
 				if _, err := s.Decrypt(ctx, "u", cold[0]); codeOf(err) != codes.Unavailable {
 					t.Fatalf("Decrypt timing out on the keystore: %v, want Unavailable", err)
 				}
+				// Counted as checks and wraps count their own timeouts.
+				if got := unwrapResults(t, s); got["Unavailable"] != 1 || len(got) != 1 {
+					t.Fatalf("unwrap results %v, want one Unavailable", got)
+				}
 			}
 			if !s.circuitOpen() {
 				t.Fatal("breaker still closed with the keystore down")
@@ -423,4 +427,35 @@ func TestHealthWithBreaker(t *testing.T) {
 	if _, err := s.Decrypt(ctx, "u", cold); err != nil {
 		t.Fatalf("Decrypt after the blip: %v", err)
 	}
+}
+
+// unwrapResults counts keywarden_keystore_operation_duration_seconds
+// observations of op="unwrap" by their result label.
+func unwrapResults(t *testing.T, s *Service) map[string]uint64 {
+	t.Helper()
+	mfs, err := s.cfg.Metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]uint64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "keywarden_keystore_operation_duration_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var op, res string
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "op":
+					op = l.GetValue()
+				case "result":
+					res = l.GetValue()
+				}
+			}
+			if op == "unwrap" {
+				out[res] += m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	return out
 }

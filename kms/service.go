@@ -438,6 +438,7 @@ func lasting(err error) bool {
 func (s *Service) unwrapKEK(ctx context.Context, ann []byte, rootID string, rootCT []byte, created time.Time) (*kek, error) {
 	start := time.Now()
 	key, err := s.cfg.Backend.Unwrap(ctx, keystore.Wrapped{KeyID: rootID, Ciphertext: rootCT}, envelope.RootAAD())
+	err = s.ownTimeout(ctx, err)
 	s.cfg.Metrics.ObserveKeystore(s.backend, "unwrap", class(err), time.Since(start))
 	if err != nil {
 		return nil, fmt.Errorf("unwrap local KEK under root key %q: %w", rootID, err)

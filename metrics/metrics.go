@@ -105,7 +105,7 @@ func New() *Metrics {
 		}),
 		keystoreUp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: Namespace, Subsystem: "keystore", Name: "up",
-			Help: "1 when the last keystore health check succeeded, else 0.",
+			Help: "1 when the last keystore health check succeeded, else 0; also 0 from a Decrypt refused because the keystore is down until the next check.",
 		}),
 		circuitOpen: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: Namespace, Subsystem: "keystore", Name: "circuit_open",
