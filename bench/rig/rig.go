@@ -33,6 +33,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/keywarden/keywarden/keystore/byuri"
+	"github.com/keywarden/keywarden/test/keystores/localkms"
 )
 
 // ErrMissing means a keystore's software is not on this machine (SoftHSM2)
@@ -160,9 +161,8 @@ const (
 // envelope) on a 127.0.0.1 listener in this process, and creates a
 // symmetric key there. The AWS SDK talks to it over HTTP as it would to
 // KMS; Env holds static credentials for it (and turns off instance
-// metadata lookups). Only the four calls keywarden and the rig make are
-// served (CreateKey, DescribeKey, Encrypt, Decrypt), through local-kms's own
-// handlers with a logger that keeps quiet (local-kms logs every call at
+// metadata lookups). The calls are served through local-kms's own
+// handlers (routed by test/keystores/localkms) with a logger that keeps quiet (local-kms logs every call at
 // info level). One per process.
 func LocalKMS(ctx context.Context, dir string) (*Keystore, error) {
 	localKMS.Lock()
@@ -184,19 +184,12 @@ func LocalKMS(ctx context.Context, dir string) (*Keystore, error) {
 			return
 		}
 		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
-		rh := lkmshandler.NewRequestHandler(r, log, db)
-		var resp lkmshandler.Response
-		switch r.Header.Get("X-Amz-Target") {
-		case "TrentService.Encrypt":
-			resp = rh.Encrypt()
-		case "TrentService.Decrypt":
+		target := r.Header.Get("X-Amz-Target")
+		if target == "TrentService.Decrypt" {
 			decrypts.Add(1)
-			resp = rh.Decrypt()
-		case "TrentService.DescribeKey":
-			resp = rh.DescribeKey()
-		case "TrentService.CreateKey":
-			resp = rh.CreateKey()
-		default:
+		}
+		resp, ok := localkms.Route(lkmshandler.NewRequestHandler(r, log, db), target)
+		if !ok {
 			w.WriteHeader(http.StatusNotImplemented)
 			return
 		}

@@ -29,6 +29,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/keywarden/keywarden/test/e2e/cluster"
+	"github.com/keywarden/keywarden/test/keystores/localkms"
 )
 
 // keystoreCase is one real keystore the scenario runs keywarden on.
@@ -442,22 +443,8 @@ func startLocalKMS(t *testing.T) *localKMS {
 				l.mu.Unlock()
 			}
 		}
-		h := lkmshandler.NewRequestHandler(r, logger, db)
-		var resp lkmshandler.Response
-		switch target {
-		case "Encrypt":
-			resp = h.Encrypt()
-		case "Decrypt":
-			resp = h.Decrypt()
-		case "DescribeKey":
-			resp = h.DescribeKey()
-		case "CreateKey":
-			resp = h.CreateKey()
-		case "CreateAlias":
-			resp = h.CreateAlias()
-		case "UpdateAlias":
-			resp = h.UpdateAlias()
-		default:
+		resp, ok := localkms.Route(lkmshandler.NewRequestHandler(r, logger, db), target)
+		if !ok {
 			http.Error(w, "local-kms in the e2e suite does not route "+target, http.StatusNotImplemented)
 			return
 		}

@@ -238,12 +238,12 @@ func TestKmsctlRotate(t *testing.T) {
 	}
 	// destroy audits every value under the prefix itself (--resources would
 	// be ignored, with a warning): the live audit is the gate.
-	r := kmsctlRun(t, ctx, c, append([]string{"keys", "destroy", "--keystore", ks.URI(), "--yes", k1}, etcdArgs...)...)
-	if r.code != 0 {
-		t.Fatalf("destroy: %+v", r)
+	d := kmsctlRun(t, ctx, c, append([]string{"keys", "destroy", "--keystore", ks.URI(), "--yes", k1}, etcdArgs...)...)
+	if d.code != 0 {
+		t.Fatalf("destroy: %+v", d)
 	}
-	if strings.Contains(r.stderr, "ignored") {
-		t.Fatalf("destroy warned about ignored flags: %s", r.stderr)
+	if strings.Contains(d.stderr, "ignored") {
+		t.Fatalf("destroy warned about ignored flags: %s", d.stderr)
 	}
 
 	// Cold caches: nothing may need k1 any more.

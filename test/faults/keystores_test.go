@@ -26,6 +26,7 @@ import (
 
 	"github.com/keywarden/keywarden/keystore"
 	"github.com/keywarden/keywarden/keystore/byuri"
+	"github.com/keywarden/keywarden/test/keystores/localkms"
 )
 
 // cellKeystore is one cell's own root key: nothing a fault does to it
@@ -292,26 +293,8 @@ func setupLocalKMS(dir string) (func(), error) {
 	logger := logrus.New()
 	logger.Out = logf
 	handle := func(w http.ResponseWriter, r *http.Request) {
-		h := lkmshandler.NewRequestHandler(r, logger, db)
-		var resp lkmshandler.Response
-		switch strings.TrimPrefix(r.Header.Get("X-Amz-Target"), "TrentService.") {
-		case "Encrypt":
-			resp = h.Encrypt()
-		case "Decrypt":
-			resp = h.Decrypt()
-		case "DescribeKey":
-			resp = h.DescribeKey()
-		case "CreateKey":
-			resp = h.CreateKey()
-		case "CreateAlias":
-			resp = h.CreateAlias()
-		case "UpdateAlias":
-			resp = h.UpdateAlias()
-		case "DisableKey":
-			resp = h.DisableKey()
-		case "ScheduleKeyDeletion":
-			resp = h.ScheduleKeyDeletion()
-		default:
+		resp, ok := localkms.Route(lkmshandler.NewRequestHandler(r, logger, db), r.Header.Get("X-Amz-Target"))
+		if !ok {
 			http.Error(w, "not routed here", http.StatusNotImplemented)
 			return
 		}
