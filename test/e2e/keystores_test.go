@@ -30,6 +30,7 @@ import (
 
 	"github.com/keywarden/keywarden/test/e2e/cluster"
 	"github.com/keywarden/keywarden/test/keystores/localkms"
+	"github.com/keywarden/keywarden/test/keystores/vaulttransit"
 )
 
 // keystoreCase is one real keystore the scenario runs keywarden on.
@@ -275,24 +276,9 @@ func vaultKeystore(t *testing.T, tools cluster.Tools) keystoreCase {
 		requireOrSkip(t, require, fmt.Sprintf("the Vault dev server at %s does not answer: %v", addr, err))
 	}
 	mount := "kw-e2e-" + strings.ToLower(unique("m")[2:10])
-	if err := admin.Sys().Mount(mount, &vaultapi.MountInput{Type: "transit"}); err != nil {
-		t.Fatalf("mount transit: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = admin.Sys().Unmount(mount)
-		_ = admin.Sys().DeletePolicy(mount)
-	})
-	if _, err := admin.Logical().Write(mount+"/keys/keywarden", map[string]any{"type": "aes256-gcm96"}); err != nil {
-		t.Fatalf("create transit key: %v", err)
-	}
-	policy := strings.ReplaceAll(`
-path "MOUNT/encrypt/keywarden" { capabilities = ["update"] }
-path "MOUNT/decrypt/keywarden" { capabilities = ["update"] }
-path "MOUNT/keys/keywarden"    { capabilities = ["read"] }
-path "MOUNT/keys/keywarden/rotate" { capabilities = ["update"] }
-`, "MOUNT", mount)
-	if err := admin.Sys().PutPolicy(mount, policy); err != nil {
-		t.Fatalf("put policy: %v", err)
+	t.Cleanup(func() { vaulttransit.Teardown(admin, mount, mount) })
+	if err := vaulttransit.Setup(admin, mount, mount, true); err != nil {
+		t.Fatal(err)
 	}
 	tok, err := admin.Auth().Token().Create(&vaultapi.TokenCreateRequest{Policies: []string{mount}, TTL: "1h"})
 	if err != nil {

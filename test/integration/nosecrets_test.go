@@ -30,6 +30,7 @@ import (
 	"github.com/keywarden/keywarden/keystore"
 	"github.com/keywarden/keywarden/keystore/file"
 	"github.com/keywarden/keywarden/kms/envelope"
+	"github.com/keywarden/keywarden/test/keystores/vaulttransit"
 )
 
 // A secret is something that must never be written by keywarden or kmsctl:
@@ -551,21 +552,9 @@ func testNoSecretVault(t *testing.T) {
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
 	mount := "kw-logs-" + hex.EncodeToString(suffix)
-	if err := admin.Sys().Mount(mount, &vaultapi.MountInput{Type: "transit"}); err != nil {
-		t.Fatalf("mount transit: %v", err)
-	}
-	t.Cleanup(func() { _ = admin.Sys().Unmount(mount); _ = admin.Sys().DeletePolicy(mount) })
-	if _, err := admin.Logical().Write(mount+"/keys/keywarden", map[string]any{"type": "aes256-gcm96"}); err != nil {
-		t.Fatalf("create transit key: %v", err)
-	}
-	policy := strings.ReplaceAll(`
-path "MOUNT/encrypt/keywarden" { capabilities = ["update"] }
-path "MOUNT/decrypt/keywarden" { capabilities = ["update"] }
-path "MOUNT/keys/keywarden"    { capabilities = ["read"] }
-path "MOUNT/keys/keywarden/rotate" { capabilities = ["update"] }
-`, "MOUNT", mount)
-	if err := admin.Sys().PutPolicy(mount, policy); err != nil {
-		t.Fatalf("put policy: %v", err)
+	t.Cleanup(func() { vaulttransit.Teardown(admin, mount, mount) })
+	if err := vaulttransit.Setup(admin, mount, mount, true); err != nil {
+		t.Fatal(err)
 	}
 	token := "kw-vault-token-" + hex.EncodeToString(tr.random("Vault token (hex part)", 12))
 	tr.secret("Vault token", []byte(token))

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/keywarden/keywarden/test/keystores/vaulttransit"
 )
 
 // VaultBin is the Vault server binary: $KEYWARDEN_VAULT_BIN, or
@@ -87,19 +89,8 @@ func StartVault(t testing.TB, tools Tools, bin string) *Vault {
 		time.Sleep(100 * time.Millisecond)
 	}
 	const mount = "transit"
-	if err := admin.Sys().Mount(mount, &vaultapi.MountInput{Type: "transit"}); err != nil {
-		t.Fatalf("mount transit: %v", err)
-	}
-	if _, err := admin.Logical().Write(mount+"/keys/keywarden", map[string]any{"type": "aes256-gcm96"}); err != nil {
-		t.Fatalf("create transit key: %v", err)
-	}
-	const policy = `
-path "transit/encrypt/keywarden" { capabilities = ["update"] }
-path "transit/decrypt/keywarden" { capabilities = ["update"] }
-path "transit/keys/keywarden"    { capabilities = ["read"] }
-`
-	if err := admin.Sys().PutPolicy("keywarden", policy); err != nil {
-		t.Fatalf("put policy: %v", err)
+	if err := vaulttransit.Setup(admin, mount, "keywarden", false); err != nil {
+		t.Fatal(err)
 	}
 	tok, err := admin.Auth().Token().Create(&vaultapi.TokenCreateRequest{Policies: []string{"keywarden"}, TTL: "24h"})
 	if err != nil {
