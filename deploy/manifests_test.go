@@ -152,15 +152,24 @@ func TestStaticPod(t *testing.T) {
 		}
 	}
 
-	// Probes reach --metrics-addr on the node's loopback (hostNetwork).
-	host, port, err := net.SplitHostPort(args["metrics-addr"])
+	// Probes reach --health-addr on the node's loopback (hostNetwork), an
+	// address of their own that stays put when --metrics-addr moves to the
+	// node's address for Prometheus (issue 12: probes on --metrics-addr
+	// failed as soon as the docs' advice was followed).
+	host, port, err := net.SplitHostPort(args["health-addr"])
 	if err != nil {
-		t.Fatalf("--metrics-addr %q: %v", args["metrics-addr"], err)
+		t.Fatalf("--health-addr %q: %v", args["health-addr"], err)
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		t.Errorf("--health-addr %q is not a loopback address", args["health-addr"])
+	}
+	if args["health-addr"] == args["metrics-addr"] {
+		t.Errorf("--health-addr and --metrics-addr are both %s: one of them cannot listen", args["health-addr"])
 	}
 	for _, probe := range []string{"livenessProbe", "readinessProbe", "startupProbe"} {
 		g := spec.sub(t, "containers.0."+probe+".httpGet")
 		if g.str(t, "host") != host || strconv.Itoa(g.get(t, "port").(int)) != port {
-			t.Errorf("%s goes to %v:%v, keywarden serves on %s", probe, g.get(t, "host"), g.get(t, "port"), args["metrics-addr"])
+			t.Errorf("%s goes to %v:%v, keywarden serves health on %s", probe, g.get(t, "host"), g.get(t, "port"), args["health-addr"])
 		}
 	}
 

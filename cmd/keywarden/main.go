@@ -44,6 +44,7 @@ type options struct {
 	listen          string
 	keystore        string
 	metricsAddr     string
+	healthAddr      string
 	checkInterval   time.Duration
 	keystoreTimeout time.Duration
 	grace           time.Duration
@@ -66,6 +67,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.listen, "listen", "unix:///run/keywarden/kms.sock", "KMS v2 socket, unix:///absolute/path; its directory is made 0700, the socket 0600")
 	fs.StringVar(&o.keystore, "keystore", "", "root keystore URI: file:///etc/keywarden/keyset.json, pkcs11:token=…;object=…?module-path=…&pin-source=file:…")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:8095", "address for /metrics, /healthz, /livez, /readyz (empty disables)")
+	fs.StringVar(&o.healthAddr, "health-addr", "", "a second address for /healthz, /livez, /readyz alone, for the kubelet's probes, e.g. 127.0.0.1:8096, so --metrics-addr can move to the node's address (empty: none)")
 	fs.DurationVar(&o.checkInterval, "check-interval", kms.DefaultCheckInterval, "how often the keystore is checked (root key_id, health)")
 	fs.DurationVar(&o.keystoreTimeout, "keystore-timeout", kms.DefaultKeystoreTimeout, "timeout of every keystore call")
 	fs.DurationVar(&o.grace, "keystore-grace", kms.DefaultGrace, "how long the keystore may fail checks, while a local KEK is in hand, before Status turns unhealthy")
@@ -164,17 +166,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer cancel()
 	go svc.Run(runCtx)
 
-	var httpSrv *http.Server
-	httpErr := make(chan error, 1)
-	if o.metricsAddr != "" {
-		hl, err := net.Listen("tcp", o.metricsAddr)
+	// The HTTP servers: --metrics-addr (metrics and health) and, if set,
+	// --health-addr (health alone, for probes that must stay on loopback).
+	var httpSrvs []*http.Server
+	httpErr := make(chan error, 2)
+	for _, h := range []struct {
+		flag, addr string
+		m          *metrics.Metrics
+	}{{"--metrics-addr", o.metricsAddr, m}, {"--health-addr", o.healthAddr, nil}} {
+		if h.addr == "" {
+			continue
+		}
+		hl, err := net.Listen("tcp", h.addr)
 		if err != nil {
 			_ = ln.Close()
-			return fmt.Errorf("listen on --metrics-addr: %w", err)
+			for _, s := range httpSrvs {
+				_ = s.Close()
+			}
+			return fmt.Errorf("listen on %s: %w", h.flag, err)
 		}
-		httpSrv = &http.Server{Handler: metrics.Handler(m, svc.Healthy), ReadHeaderTimeout: 5 * time.Second}
-		go func() { httpErr <- httpSrv.Serve(hl) }()
-		log.Info("serving metrics and health", "addr", hl.Addr().String())
+		s := &http.Server{Handler: metrics.Handler(h.m, svc.Healthy), ReadHeaderTimeout: 5 * time.Second}
+		httpSrvs = append(httpSrvs, s)
+		go func() { httpErr <- s.Serve(hl) }()
+		if h.m != nil {
+			log.Info("serving metrics and health", "addr", hl.Addr().String())
+		} else {
+			log.Info("serving health", "addr", hl.Addr().String())
+		}
 	}
 
 	grpcErr := make(chan error, 1)
@@ -196,9 +214,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Warn("shutdown timeout: closing remaining RPCs")
 		srv.Stop()
 	}
-	if httpSrv != nil {
+	for _, s := range httpSrvs {
 		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = httpSrv.Shutdown(sctx)
+		_ = s.Shutdown(sctx)
 		scancel()
 	}
 	ln.Remove(log)

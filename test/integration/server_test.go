@@ -342,3 +342,49 @@ func httpGet(t *testing.T, url string) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+// TestHealthAddr: --health-addr serves the health endpoints alone, beside
+// --metrics-addr, so the static pod's probes keep a loopback address of
+// their own when --metrics-addr moves to the node's address (issue 12).
+func TestHealthAddr(t *testing.T) {
+	_, uri := newKeyset(t)
+	health := freeAddr(t)
+	p := start(t, uri, "", "--health-addr", health)
+	get := func(url string) (int, string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			resp, err := http.Get(url)
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				return resp.StatusCode, string(b)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("GET %s: %v", url, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	for _, path := range []string{"/healthz", "/livez", "/readyz"} {
+		if code, body := get("http://" + health + path); code != http.StatusOK || strings.TrimSpace(body) != "ok" {
+			t.Errorf("--health-addr %s: %d %q, want 200 ok", path, code, body)
+		}
+		if code, _ := get("http://" + p.metrics + path); code != http.StatusOK {
+			t.Errorf("--metrics-addr %s: %d, want 200 (health stays there too)", path, code)
+		}
+	}
+	if code, _ := get("http://" + health + "/metrics"); code != http.StatusNotFound {
+		t.Errorf("--health-addr /metrics: %d, want 404 (health alone)", code)
+	}
+	if code, body := get("http://" + p.metrics + "/metrics"); code != http.StatusOK || !strings.Contains(body, "keywarden_healthy") {
+		t.Errorf("--metrics-addr /metrics: %d, no keywarden_healthy", code)
+	}
+
+	// A --health-addr that cannot be bound stops start-up with its flag named.
+	out, err := exec.Command(filepath.Join(binDir, "keywarden"), "--listen", "unix://"+filepath.Join(t.TempDir(), "k.sock"),
+		"--keystore", uri, "--metrics-addr", "", "--health-addr", health).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--health-addr") {
+		t.Fatalf("a taken --health-addr: %v\n%s", err, out)
+	}
+}
