@@ -275,7 +275,7 @@ resource nobody thought of, is still under the key.`,
 		Example: `  kmsctl audit --etcd-endpoints https://127.0.0.1:2379 \
     --cacert /etc/kubernetes/pki/etcd/ca.crt \
     --cert /etc/kubernetes/pki/apiserver-etcd-client.crt --key /etc/kubernetes/pki/apiserver-etcd-client.key \
-    --encryption-config /etc/kubernetes/enc/encryption-config.yaml
+    --encryption-config /etc/kubernetes/encryption/encryption-config.yaml
   kmsctl audit --etcd-endpoints http://127.0.0.1:2379 --resources secrets,configmaps \
     --fail-on-plaintext --fail-on-key tink:3473997605:81291f5360ee4023
   kmsctl audit --etcd-endpoints http://127.0.0.1:2379 --resources '*.*' \

@@ -200,7 +200,7 @@ kube-controller-manager's migrator to finish each.
 Exit codes: 0 all rewritten or skipped; 3 some objects failed (listed);
 1 the migration stopped.`,
 		Example: `  kmsctl migrate --kubeconfig /etc/kubernetes/admin.conf --resources secrets,configmaps --state-file /var/tmp/migrate.json
-  kmsctl migrate --encryption-config /etc/kubernetes/enc/encryption-config.yaml --qps 200 --concurrency 16
+  kmsctl migrate --encryption-config /etc/kubernetes/encryption/encryption-config.yaml --qps 200 --concurrency 16
   kmsctl migrate --via=svm --resources secrets`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -177,7 +177,7 @@ Changing the keystore needs --yes when stdin is not a terminal.`,
     --kubeconfig /etc/kubernetes/admin.conf \
     --etcd-endpoints https://127.0.0.1:2379 --cacert /etc/kubernetes/pki/etcd/ca.crt \
     --cert /etc/kubernetes/pki/apiserver-etcd-client.crt --key /etc/kubernetes/pki/apiserver-etcd-client.key \
-    --encryption-config /etc/kubernetes/enc/encryption-config.yaml \
+    --encryption-config /etc/kubernetes/encryption/encryption-config.yaml \
     --state-file /var/lib/keywarden/rotate.json --dry-run
   # then the same without --dry-run, with --yes; after a surprise, the same with --resume`,
 		Args: cobra.NoArgs,
