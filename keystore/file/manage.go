@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"syscall"
 
 	"github.com/tink-crypto/tink-go/v2/aead"
@@ -17,10 +19,21 @@ import (
 
 // lock takes an exclusive advisory lock beside the keyset so that two kmsctl
 // runs on one node cannot interleave their read-modify-write cycles.
+//
+// The lock file must stay openable by everyone allowed to edit the keyset:
+// root and the keyset's owner, keywarden's user. A lock file a root run made
+// would be root's and 0600, and every later run as keywarden's user would
+// fail to open it (issue 12). So a run as root hands the lock file to the
+// owner of the keyset's directory (which the tmpfiles entry gives to
+// keywarden's user), and a run that cannot open it says which file to chown.
 func lock(path string) (func(), error) {
-	f, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	lp := path + ".lock"
+	f, err := os.OpenFile(lp, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("%w: open lock file: %v", keystore.ErrUnavailable, pathErr(err))
+		return nil, fmt.Errorf("%w: open lock file: %v%s", keystore.ErrUnavailable, pathErr(err), lockOwnerHint(lp, err))
+	}
+	if os.Geteuid() == 0 {
+		giveToDirOwner(f, filepath.Dir(path))
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
 		_ = f.Close()
@@ -30,6 +43,42 @@ func lock(path string) (func(), error) {
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 		_ = f.Close()
 	}, nil
+}
+
+// giveToDirOwner chowns the open lock file f to the owner of dir, if it is
+// not already theirs. Best effort: if it fails, a later run as that user
+// gets lockOwnerHint's error, which names the fix.
+func giveToDirOwner(f *os.File, dir string) {
+	dst, err := os.Stat(dir)
+	if err != nil {
+		return
+	}
+	fst, err := f.Stat()
+	if err != nil {
+		return
+	}
+	d, ok1 := dst.Sys().(*syscall.Stat_t)
+	l, ok2 := fst.Sys().(*syscall.Stat_t)
+	if !ok1 || !ok2 || (d.Uid == l.Uid && d.Gid == l.Gid) {
+		return
+	}
+	_ = f.Chown(int(d.Uid), int(d.Gid))
+}
+
+// lockOwnerHint explains a lock file this user may not open: one an older
+// kmsctl, run as root, left behind.
+func lockOwnerHint(lp string, err error) string {
+	if !errors.Is(err, fs.ErrPermission) {
+		return ""
+	}
+	st, serr := os.Stat(lp)
+	if serr != nil {
+		return ""
+	}
+	if s, ok := st.Sys().(*syscall.Stat_t); ok && int(s.Uid) != os.Geteuid() {
+		return fmt.Sprintf(" (owned by uid %d, not this user, uid %d: a kmsctl run as root made it; chown it to the keyset's owner, e.g. chown 65532:65532 %s)", s.Uid, os.Geteuid(), lp)
+	}
+	return ""
 }
 
 // modify runs fn on a manager over the keyset as it is on disk now, writes
