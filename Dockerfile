@@ -1,14 +1,14 @@
-# syntax=docker/dockerfile:1
-#
 # keywarden's image: keywarden (the entrypoint) and kmsctl, built with cgo so
 # the PKCS#11 keystore works, on a glibc distroless runtime, as uid 65532.
 #
 #   make image                                   (docker build --build-arg VERSION=… -t keywarden:… .)
 #   docker run --rm keywarden:dev --version
 #
-# Needs BuildKit (the RUN --mount cache mounts and the syntax line above):
-# Docker 23 and later use it by default; older ones need DOCKER_BUILDKIT=1,
-# which `make image` sets.
+# Needs BuildKit (the RUN --mount cache mounts): Docker 23 and later use it
+# by default; older ones need DOCKER_BUILDKIT=1, which `make image` sets.
+# There is no `# syntax=` line on purpose: it would make BuildKit pull a
+# frontend image, which an air-gapped builder cannot; the built-in frontend
+# of Docker 23+ already knows RUN --mount.
 #
 # Base images. The builder is pinned to an exact Go release tag, the one the
 # Makefile pins (GOTOOLCHAIN_PIN); go.mod says go 1.26, the image is 1.27.3.
