@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Builds what the node test (test/node, make e2e-node) needs beyond build.sh's
+# control plane, from the same pins (this folder's go.mod / go.sum):
+#   kubelet, kube-scheduler (k8s.io/kubernetes v1.37.2, CGO_ENABLED=0)
+#   pause                   (upstream build/pause/linux/pause.c, gcc -static)
+# into test/e2e/tools/bin/. Cached like build.sh's binaries, under
+#   ${KEYWARDEN_TOOLS_CACHE:-$HOME/.cache/keywarden/e2e-tools}/node-<key>/
+# where <key> is the sha256 of go.mod, go.sum and this script.
+# A separate script (not a longer list in build.sh) so adding the node tools
+# did not invalidate the control plane's cache.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+
+K8S_VERSION=v1.37.2
+K8S_MAJOR=1
+K8S_MINOR=37
+GO_TOOLS=(
+	"kubelet:k8s.io/kubernetes/cmd/kubelet"
+	"kube-scheduler:k8s.io/kubernetes/cmd/kube-scheduler"
+)
+NAMES=(kubelet kube-scheduler pause)
+
+log() { echo "node-tools: $*"; }
+
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+	ldflags+=" -X ${pkg}.gitVersion=${K8S_VERSION} -X ${pkg}.gitMajor=${K8S_MAJOR}"
+	ldflags+=" -X ${pkg}.gitMinor=${K8S_MINOR} -X ${pkg}.gitTreeState=clean"
+done
+
+key="$(cat go.mod go.sum node-tools.sh | sha256sum | cut -c1-64)"
+cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
+cache_dir="${cache_root}/node-${key}"
+bin="${here}/bin"
+stamp="${bin}/.node-stamp"
+
+have_all() { local n; for n in "${NAMES[@]}"; do [[ -x "$1/$n" ]] || return 1; done; }
+
+check() {
+	local out
+	for n in kubelet kube-scheduler; do
+		out="$("$bin/$n" --version)"
+		[[ "$out" == "Kubernetes ${K8S_VERSION}" ]] || { log "$n --version: '$out', want Kubernetes ${K8S_VERSION}"; return 1; }
+	done
+	out="$("$bin/pause" -v 2>&1 || true)"
+	[[ "$out" == pause* ]] || { log "pause -v: '$out'"; return 1; }
+	log "ok: kubelet, kube-scheduler ${K8S_VERSION} and pause in ${bin}"
+}
+
+install_from() {
+	local n
+	mkdir -p "$bin"
+	rm -f "$stamp"
+	for n in "${NAMES[@]}"; do cp "$1/$n" "$bin/.$n.tmp" && mv -f "$bin/.$n.tmp" "$bin/$n"; done
+	echo "$key" >"$stamp"
+}
+
+if [[ "${KEYWARDEN_TOOLS_REBUILD:-0}" != 1 ]]; then
+	if [[ -f "$stamp" && "$(cat "$stamp")" == "$key" ]] && have_all "$bin"; then
+		log "up to date in ${bin} (key ${key:0:12})"; check; exit 0
+	fi
+	if have_all "$cache_dir"; then
+		log "reusing cached binaries from ${cache_dir}"; install_from "$cache_dir"; check; exit 0
+	fi
+	log "no cached binaries at ${cache_dir}: building"
+fi
+
+export GOWORK=off CGO_ENABLED=0
+mkdir -p "$bin"
+out="$(mktemp -d "${bin}/.build.XXXXXX")"
+trap 'rm -rf "$out"' EXIT
+for t in "${GO_TOOLS[@]}"; do
+	name="${t%%:*}" pkg="${t#*:}"
+	log "building ${name} (${pkg})"
+	start=$SECONDS
+	go build -trimpath -ldflags "$ldflags" -o "$out/$name" "$pkg"
+	log "built ${name} in $((SECONDS - start))s, $(du -h "$out/$name" | cut -f1)"
+done
+# The pause container's program, from the kubernetes module's own source.
+src="$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+log "building pause (${src#"$(go env GOMODCACHE)/"})"
+gcc -Os -static -Wall -Werror -DVERSION="${K8S_VERSION}-keywarden" -o "$out/pause" "$src"
+strip "$out/pause"
+
+install_from "$out"
+check
+
+if mkdir -p "$cache_root" 2>/dev/null; then
+	have_all "$cache_dir" || rm -rf "$cache_dir"
+	tmp="$(mktemp -d "${cache_root}/.tmp.XXXXXX")"
+	for n in "${NAMES[@]}"; do cp "$out/$n" "$tmp/"; done
+	if mv -T "$tmp" "$cache_dir" 2>/dev/null; then log "cached binaries in ${cache_dir}"; else rm -rf "$tmp"; fi
+else
+	log "warning: cannot create ${cache_root}; binaries not cached"
+fi
