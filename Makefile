@@ -23,7 +23,7 @@ TAGS            ?=
 LEAN_TAGS       := noaws,nogcp,noazure,novault
 
 .PHONY: all build build-nopkcs11 build-lean run test unit fuzz lint fmt vet golangci-lint vulncheck \
-        bench bench-socket bench-keystores bench-quick bench-apiserver soak e2e-tools vault-tools e2e faults faults-update image clean kind-up kind-e2e kind-down
+        bench bench-socket bench-keystores bench-quick bench-apiserver soak e2e-tools node-tools vault-tools e2e e2e-node faults faults-update image clean kind-up kind-e2e kind-down
 
 all: build
 
@@ -124,6 +124,11 @@ soak: build e2e-tools vault-tools
 e2e-tools:
 	bash test/e2e/tools/build.sh
 
+# kubelet, kube-scheduler and pause for the node test, from the e2e tools'
+# pins (cached like them).
+node-tools:
+	bash test/e2e/tools/node-tools.sh
+
 # The Vault dev server the keystore/vault tests run against (.ci/run starts it
 # with test/keystores/servers.sh; set VAULT_ADDR/VAULT_TOKEN to run them).
 vault-tools:
@@ -147,6 +152,13 @@ faults-update: vault-tools
 e2e: build e2e-tools
 	$(GO) test -count=1 -timeout 30m -tags e2e ./test/e2e/... -v
 	$(GO) test -count=1 -timeout 15m -tags e2e -run '^TestE2E' ./deploy -v
+
+# The node test (test/node, docs/e2e.md): this machine made a kubeadm
+# control-plane node (containerd, the kubelet, kubeadm init) running
+# keywarden's static pod, README's install steps run from README. Root only;
+# it refuses a machine that already is a node, and cleans up after itself.
+e2e-node: build-nopkcs11 e2e-tools node-tools
+	KEYWARDEN_E2E_NODE=1 $(GO) test -count=1 -timeout 30m -tags node -v ./test/node/
 
 # For users with Docker (they cannot run on the CI machine: no engine there).
 KIND_CLUSTER ?= keywarden

@@ -1,0 +1,595 @@
+//go:build node
+
+package node
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The node's own paths. kubeadm, the kubelet and keywarden's manifests use
+// the standard ones (/etc/kubernetes, /var/lib/kubelet, /var/lib/etcd,
+// /run/keywarden, /etc/keywarden, /var/lib/keywarden); containerd gets a
+// root, state and socket of the test's own, so a containerd the machine may
+// run is left alone.
+const (
+	workRoot    = "/var/lib/keywarden-node-e2e"
+	runRoot     = "/run/keywarden-node-e2e"
+	ctrdSock    = runRoot + "/containerd.sock"
+	criSocket   = "unix://" + ctrdSock
+	adminConf   = "/etc/kubernetes/admin.conf"
+	k8sVersion  = "v1.37.2"
+	pauseImage  = "registry.k8s.io/pause:3.10.2"
+	etcdImage   = "registry.k8s.io/etcd:3.7.0-0"
+	kwImage     = "keywarden:dev" // deploy/static-pod/keywarden.yaml's image, unchanged
+	ctrNS       = "k8s.io"
+	kubeletPort = "10248"
+)
+
+// host is this machine as a kubeadm control-plane node: containerd, the
+// kubelet (restarted like systemd's unit would), and what they leave.
+type host struct {
+	t        *testing.T
+	repo     string
+	tools    string // test/e2e/tools/bin
+	kwBin    string // keywarden, kmsctl for the image and the node
+	pathDir  string // first on $PATH for the docs' commands: kmsctl, kubectl, kubeadm
+	logs     string
+	ctrd     *proc
+	kubelet  *supervisor
+	cleanups []func()
+}
+
+// ctx returns a context bounded by d and the test's deadline.
+func (h *host) ctx(d time.Duration) (context.Context, context.CancelFunc) {
+	deadline := time.Now().Add(d)
+	if td, ok := h.t.Deadline(); ok && td.Add(-2*time.Minute).Before(deadline) {
+		deadline = td.Add(-2 * time.Minute)
+	}
+	return context.WithDeadline(context.Background(), deadline)
+}
+
+// run runs a command and returns its combined output; it fails the test on
+// error.
+func (h *host) run(d time.Duration, name string, args ...string) string {
+	h.t.Helper()
+	out, err := h.try(d, name, args...)
+	if err != nil {
+		h.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func (h *host) try(d time.Duration, name string, args ...string) (string, error) {
+	ctx, cancel := h.ctx(d)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = h.env()
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// sh runs a script the way an operator's root shell on a kubeadm node
+// would: bash, errexit, the node's tools on $PATH, and KUBECONFIG set to
+// admin.conf as `kubeadm init` tells root to.
+func (h *host) sh(d time.Duration, script string) string {
+	h.t.Helper()
+	out, err := h.trySh(d, script)
+	if err != nil {
+		h.t.Fatalf("script failed: %v\n--- script\n%s\n--- output\n%s", err, script, out)
+	}
+	return out
+}
+
+func (h *host) trySh(d time.Duration, script string) (string, error) {
+	ctx, cancel := h.ctx(d)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-euo", "pipefail", "-c", script)
+	cmd.Dir = h.repo
+	cmd.Env = h.env()
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (h *host) env() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "PATH=") || strings.HasPrefix(kv, "KUBECONFIG=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, "PATH="+h.pathDir+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "KUBECONFIG="+adminConf)
+}
+
+func (h *host) ctr(d time.Duration, args ...string) string {
+	h.t.Helper()
+	return h.run(d, "ctr", append([]string{"--address", ctrdSock, "-n", ctrNS}, args...)...)
+}
+
+func (h *host) kubectl(d time.Duration, args ...string) (string, error) {
+	return h.try(d, filepath.Join(h.tools, "kubectl"), append([]string{"--kubeconfig", adminConf}, args...)...)
+}
+
+// --- containerd ---
+
+// containerdConfig is the CRI setup the kubelet recipe in docs/e2e.md
+// describes: cgroupfs (the kubelet's cgroupDriver), and
+// restrict_oom_score_adj because this machine does not grant
+// CAP_SYS_RESOURCE, so the kubelet's oom_score_adj of -998 for sandboxes
+// would make runc fail.
+func containerdConfig() string {
+	return fmt.Sprintf(`version = 2
+root = %q
+state = %q
+[grpc]
+  address = %q
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %q
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+`, workRoot+"/containerd", runRoot+"/containerd", ctrdSock, pauseImage)
+}
+
+func (h *host) startContainerd() {
+	h.t.Helper()
+	cfg := filepath.Join(workRoot, "containerd.toml")
+	if err := os.WriteFile(cfg, []byte(containerdConfig()), 0o600); err != nil {
+		h.t.Fatal(err)
+	}
+	p, err := startProc(filepath.Join(h.logs, "containerd.log"), "containerd", "--config", cfg)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.ctrd = p
+	waitUntil(h.t, 60*time.Second, "containerd serving", func() error {
+		_, err := h.try(5*time.Second, "ctr", "--address", ctrdSock, "version")
+		return err
+	})
+}
+
+func (h *host) stopContainerd() {
+	if h.ctrd != nil {
+		h.ctrd.stop(20 * time.Second)
+		h.ctrd = nil
+	}
+}
+
+// containers lists containerd's containers in the k8s.io namespace with
+// the kubelet's labels.
+type ctrContainer struct {
+	ID     string            `json:"ID"`
+	Labels map[string]string `json:"Labels"`
+	Spec   struct {
+		Process struct {
+			User struct {
+				UID uint32 `json:"uid"`
+				GID uint32 `json:"gid"`
+			} `json:"user"`
+			Capabilities struct {
+				Bounding    []string `json:"bounding"`
+				Effective   []string `json:"effective"`
+				Permitted   []string `json:"permitted"`
+				Inheritable []string `json:"inheritable"`
+				Ambient     []string `json:"ambient"`
+			} `json:"capabilities"`
+			NoNewPrivileges bool `json:"noNewPrivileges"`
+		} `json:"process"`
+		Root struct {
+			Readonly bool `json:"readonly"`
+		} `json:"root"`
+	} `json:"Spec"`
+}
+
+// containerNamed returns the running container (a task in state RUNNING)
+// the kubelet started for the pod container name.
+func (h *host) containerNamed(name string) (ctrContainer, error) {
+	out, err := h.try(20*time.Second, "ctr", "--address", ctrdSock, "-n", ctrNS, "tasks", "ls")
+	if err != nil {
+		return ctrContainer{}, fmt.Errorf("ctr tasks ls: %v: %s", err, out)
+	}
+	for _, line := range strings.Split(out, "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 3 || f[2] != "RUNNING" {
+			continue
+		}
+		info, err := h.try(20*time.Second, "ctr", "--address", ctrdSock, "-n", ctrNS, "containers", "info", f[0])
+		if err != nil {
+			continue // gone since
+		}
+		var c ctrContainer
+		if err := json.Unmarshal([]byte(info), &c); err != nil {
+			return ctrContainer{}, fmt.Errorf("ctr containers info %s: %w", f[0], err)
+		}
+		if c.Labels["io.kubernetes.container.name"] == name {
+			return c, nil
+		}
+	}
+	return ctrContainer{}, fmt.Errorf("no running container %q", name)
+}
+
+// killAllTasks SIGKILLs every task in the k8s.io namespace, as a power cut
+// would, and waits up to 30 s until none is running.
+func (h *host) killAllTasks() {
+	ids, err := h.runningTasks()
+	if err != nil {
+		h.t.Logf("%v", err)
+		return
+	}
+	h.t.Logf("killing %d running containerd tasks", len(ids))
+	for _, id := range ids {
+		if o, err := h.try(20*time.Second, "ctr", "--address", ctrdSock, "-n", ctrNS, "tasks", "kill", "-s", "SIGKILL", id); err != nil {
+			h.t.Logf("ctr tasks kill %s: %v: %s", id, err, o)
+		}
+	}
+	for i := 0; i < 60; i++ {
+		if ids, err := h.runningTasks(); err != nil || len(ids) == 0 {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	ids, _ = h.runningTasks()
+	h.t.Logf("tasks still running 30 s after SIGKILL: %v", ids)
+}
+
+// runningTasks lists the ids of tasks in state RUNNING.
+func (h *host) runningTasks() ([]string, error) {
+	out, err := h.try(20*time.Second, "ctr", "--address", ctrdSock, "-n", ctrNS, "tasks", "ls")
+	if err != nil {
+		return nil, fmt.Errorf("ctr tasks ls: %v: %s", err, out)
+	}
+	var ids []string
+	for _, line := range strings.Split(out, "\n")[1:] {
+		if f := strings.Fields(line); len(f) >= 3 && f[2] == "RUNNING" {
+			ids = append(ids, f[0])
+		}
+	}
+	return ids, nil
+}
+
+// proc is a daemon of the node (containerd, the kubelet): its own process
+// group, output appended to a log. Not cluster.StartProcess: that stops its
+// process in a t.Cleanup of its own, which would run before teardown and
+// take containerd away from `kubeadm reset`.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func startProc(logPath, path string, args ...string) (*proc, error) {
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "\n===== %s: %s %s\n", time.Now().Format(time.RFC3339Nano), path, strings.Join(args, " "))
+	cmd := exec.Command(path, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", path, err)
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM to the group, then SIGKILL after grace, and waits.
+func (p *proc) stop(grace time.Duration) {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+// --- kubelet ---
+
+// supervisor runs the kubelet as kubeadm's systemd drop-in does
+// (10-kubeadm.conf: --bootstrap-kubeconfig, --kubeconfig, --config and the
+// flags kubeadm writes to /var/lib/kubelet/kubeadm-flags.env), and restarts
+// it 2 s after it exits (the unit's Restart=always), starting it once
+// /var/lib/kubelet/config.yaml exists. This machine has no systemd.
+type supervisor struct {
+	h       *host
+	stop    chan struct{}
+	done    chan struct{}
+	mu      sync.Mutex
+	current *proc
+	starts  int
+}
+
+func (h *host) startKubelet() {
+	s := &supervisor{h: h, stop: make(chan struct{}), done: make(chan struct{})}
+	h.kubelet = s
+	go s.loop()
+}
+
+func (s *supervisor) loop() {
+	defer close(s.done)
+	for {
+		select {
+		case <-s.stop:
+			return
+		default:
+		}
+		args, err := kubeletArgs()
+		if err != nil { // kubeadm has not written its files yet
+			select {
+			case <-s.stop:
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		p, err := startProc(filepath.Join(s.h.logs, "kubelet.log"), filepath.Join(s.h.tools, "kubelet"), args...)
+		if err != nil {
+			s.h.t.Errorf("kubelet: %v", err)
+			return
+		}
+		s.mu.Lock()
+		s.current, s.starts = p, s.starts+1
+		s.mu.Unlock()
+		for !p.exited() {
+			select {
+			case <-s.stop:
+				p.stop(30 * time.Second)
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+func (h *host) stopKubelet() {
+	if h.kubelet == nil {
+		return
+	}
+	close(h.kubelet.stop)
+	<-h.kubelet.done
+	h.kubelet = nil
+}
+
+// kubeletArgs reads the flags kubeadm leaves for the kubelet.
+func kubeletArgs() ([]string, error) {
+	if _, err := os.Stat("/var/lib/kubelet/config.yaml"); err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile("/var/lib/kubelet/kubeadm-flags.env")
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"--kubeconfig=/etc/kubernetes/kubelet.conf", "--config=/var/lib/kubelet/config.yaml"}
+	if _, err := os.Stat("/etc/kubernetes/bootstrap-kubelet.conf"); err == nil {
+		args = append(args, "--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf")
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		v, ok := strings.CutPrefix(line, "KUBELET_KUBEADM_ARGS=")
+		if !ok {
+			continue
+		}
+		args = append(args, strings.Fields(strings.Trim(v, `"`))...)
+	}
+	return args, nil
+}
+
+// --- cleanup ---
+
+// teardown stops everything the node test started and removes what kubeadm
+// and keywarden left: `kubeadm reset -f` first (with containerd up, so it
+// can remove the pods), then whatever is still running.
+func (h *host) teardown() {
+	t := h.t
+	if t.Failed() || os.Getenv("KEYWARDEN_E2E_KEEP") != "" {
+		keep := filepath.Join(os.TempDir(), "kwnode-logs-"+time.Now().UTC().Format("20060102T150405"))
+		if out, err := exec.Command("cp", "-a", h.logs, keep).CombinedOutput(); err != nil {
+			t.Logf("keeping the logs: %v: %s", err, out)
+		} else {
+			t.Logf("logs kept in %s", keep)
+		}
+	}
+	h.stopKubelet()
+	if h.ctrd == nil {
+		h.startContainerdQuiet()
+	}
+	out, err := h.try(3*time.Minute, filepath.Join(h.tools, "kubeadm"), "reset", "-f", "--cri-socket", criSocket)
+	if err != nil {
+		t.Errorf("kubeadm reset -f: %v\n%s", err, out)
+	} else {
+		t.Logf("kubeadm reset -f:\n%s", tailLines(out, 15))
+	}
+	h.killAllTasks()
+	h.stopContainerd()
+	killShims(t)
+	killPodProcesses(t)
+	unmountUnder(t, "/var/lib/kubelet", workRoot, runRoot)
+	for _, p := range []string{workRoot, runRoot, "/var/lib/kubelet", "/var/lib/etcd", "/etc/kubernetes",
+		"/run/keywarden", "/etc/keywarden", "/var/lib/keywarden", "/etc/tmpfiles.d/keywarden.conf"} {
+		if err := os.RemoveAll(p); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	}
+	for _, f := range h.cleanups {
+		f()
+	}
+}
+
+func (h *host) startContainerdQuiet() {
+	defer func() { _ = recover() }()
+	if _, err := os.Stat(filepath.Join(workRoot, "containerd.toml")); err == nil {
+		h.startContainerd()
+	}
+}
+
+// killShims kills containerd-shim processes serving our containerd.
+func killShims(t *testing.T) {
+	for _, pid := range pidsMatching(func(cmdline string) bool {
+		return strings.Contains(cmdline, "containerd-shim") && strings.Contains(cmdline, ctrdSock)
+	}) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		t.Logf("cleanup: killed containerd-shim %d", pid)
+	}
+}
+
+// podPids lists the processes in the kubelet's pod cgroups (cgroupfs
+// driver: /kubepods...).
+func podPids() []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup")); err == nil && strings.Contains(string(b), "/kubepods") {
+			if st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil && strings.Contains(string(st), ") Z ") {
+				continue // a zombie, waiting for init to reap it
+			}
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// killPodProcesses SIGKILLs whatever still runs in a pod cgroup (what a
+// power cut does) and waits up to 10 s for it to go.
+func killPodProcesses(t *testing.T) {
+	pids := podPids()
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	if len(pids) > 0 {
+		t.Logf("killed %d processes left in pod cgroups", len(pids))
+	}
+	for i := 0; i < 20 && len(podPids()) > 0; i++ {
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// pidsMatching returns the processes whose NUL-separated command line,
+// joined with spaces, matches.
+func pidsMatching(match func(cmdline string) bool) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		if match(strings.ReplaceAll(string(b), "\x00", " ")) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// mountsUnder lists the mount points at or below any of roots.
+func mountsUnder(roots ...string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		mp := f[4]
+		for _, r := range roots {
+			if mp == r || strings.HasPrefix(mp, r+"/") {
+				out = append(out, mp)
+			}
+		}
+	}
+	return out
+}
+
+func unmountUnder(t *testing.T, roots ...string) {
+	mps := mountsUnder(roots...)
+	for i := len(mps) - 1; i >= 0; i-- { // deepest (latest) first
+		if err := syscall.Unmount(mps[i], syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
+			t.Logf("cleanup: unmount %s: %v", mps[i], err)
+		}
+	}
+}
+
+// leftovers reports processes and mounts the node test may have left: any
+// process in the kubelet's pod cgroups (/kubepods), a kubelet or
+// containerd of ours, and mounts under the kubelet's and containerd's roots.
+func (h *host) leftovers() []string {
+	var out []string
+	kubelet := filepath.Join(h.tools, "kubelet")
+	for _, pid := range pidsMatching(func(c string) bool {
+		return strings.HasPrefix(c, kubelet+" ") || strings.Contains(c, ctrdSock)
+	}) {
+		out = append(out, fmt.Sprintf("process %d: %.120s", pid, cmdline(pid)))
+	}
+	for _, pid := range podPids() {
+		out = append(out, fmt.Sprintf("process %d in a pod cgroup: %.120s", pid, cmdline(pid)))
+	}
+	for _, mp := range mountsUnder("/var/lib/kubelet", workRoot, runRoot, "/run/keywarden") {
+		out = append(out, "mount "+mp)
+	}
+	return out
+}
+
+func cmdline(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	var err error
+	for {
+		if err = f(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %v", what, d, err)
+		}
+		time.Sleep(time.Second)
+	}
+}
