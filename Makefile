@@ -23,7 +23,7 @@ TAGS            ?=
 LEAN_TAGS       := noaws,nogcp,noazure,novault
 
 .PHONY: all build build-nopkcs11 build-lean run test unit fuzz lint fmt vet golangci-lint vulncheck \
-        bench bench-socket bench-keystores bench-quick bench-apiserver soak e2e-tools node-tools vault-tools e2e e2e-node faults faults-update image clean kind-up kind-e2e kind-down
+        bench bench-socket bench-keystores bench-quick bench-apiserver soak e2e-tools node-tools vault-tools e2e e2e-node e2e-node-if-enabled faults faults-update image clean kind-up kind-e2e kind-down
 
 all: build
 
@@ -54,7 +54,7 @@ run: build
 # Everything CI runs.
 # e2e-tools first: the unit tests of kmsctl audit and internal/audit read a
 # real etcd (they skip without one, or fail under KEYWARDEN_REQUIRE_ETCD).
-test: lint e2e-tools unit fuzz build-nopkcs11 build-lean e2e
+test: lint e2e-tools unit fuzz build-nopkcs11 build-lean e2e e2e-node-if-enabled
 
 unit:
 	$(GO) test -race -count=1 ./...
@@ -159,6 +159,15 @@ e2e: build e2e-tools
 # it refuses a machine that already is a node, and cleans up after itself.
 e2e-node: build-nopkcs11 e2e-tools node-tools
 	KEYWARDEN_E2E_NODE=1 $(GO) test -count=1 -timeout 30m -tags node -v ./test/node/
+
+# make test runs the node test only where KEYWARDEN_E2E_NODE=1 (.ci/run sets
+# it): it turns the machine into a kubeadm node for a minute or two.
+e2e-node-if-enabled:
+ifeq ($(KEYWARDEN_E2E_NODE),1)
+	$(MAKE) e2e-node
+else
+	@echo "e2e-node: skipped: it makes this machine a kubeadm node; KEYWARDEN_E2E_NODE=1 (as in .ci/run) or make e2e-node runs it"
+endif
 
 # For users with Docker (they cannot run on the CI machine: no engine there).
 KIND_CLUSTER ?= keywarden

@@ -39,9 +39,9 @@ import (
 var preflightIgnored = []string{
 	// README's own: the static pod is installed before kubeadm init.
 	"DirAvailable--etc-kubernetes-manifests",
-	// The kernel's config is not where kubeadm's system validator looks
-	// and the cgroup hierarchy is v1 (the kubelet runs with failCgroupV1:
-	// false).
+	// This machine's cgroup hierarchy is v1: kubeadm's system validator
+	// refuses it unless skipped ("You must also explicitly skip this
+	// validation"), beside the kubelet's failCgroupV1: false.
 	"SystemVerification",
 }
 
