@@ -273,7 +273,7 @@ type migrator struct {
 func (m *migrator) resource(ctx context.Context, t Target) error {
 	rs := m.state.Resources[t.Name]
 	if rs.Done {
-		m.opts.Log.Info("resource already migrated", "resource", t.Name)
+		m.opts.Log.Warn("resource already migrated: the state file records it done; remove the file to migrate again", "resource", t.Name, "stateFile", m.opts.StateFile)
 		return nil
 	}
 	log := m.opts.Log.With("resource", t.Name)

@@ -41,15 +41,17 @@ const (
 // host is this machine as a kubeadm control-plane node: containerd, the
 // kubelet (restarted like systemd's unit would), and what they leave.
 type host struct {
-	t        *testing.T
-	repo     string
-	tools    string // test/e2e/tools/bin
-	kwBin    string // keywarden, kmsctl for the image and the node
-	pathDir  string // first on $PATH for the docs' commands: kmsctl, kubectl, kubeadm
-	logs     string
-	ctrd     *proc
-	kubelet  *supervisor
-	cleanups []func()
+	t       *testing.T
+	repo    string
+	tools   string // test/e2e/tools/bin
+	kwBin   string // keywarden, kmsctl for the image and the node
+	pathDir string // first on $PATH for the docs' commands: kmsctl, kubectl, kubeadm
+	logs    string
+	ctrd    *proc
+	kubelet *supervisor
+	// rotatedFrom and rotatedTo are docs/rotation.md's OLD and NEW.
+	rotatedFrom, rotatedTo string
+	cleanups               []func()
 }
 
 // ctx returns a context bounded by d and the test's deadline.

@@ -30,6 +30,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/keywarden/keywarden/internal/stored"
 	"github.com/keywarden/keywarden/test/e2e/cluster"
 	"github.com/keywarden/keywarden/test/node/nodeimages"
 )
@@ -125,6 +126,9 @@ func TestNode(t *testing.T) {
 	step("keywarden's container stopped: the kubelet restarts it")
 	h.restartKeywarden(t, secrets)
 
+	step("docs/rotation.md, run from the document")
+	h.rotationRunbook(t, secrets)
+
 	step("node reboot")
 	h.reboot(t)
 	step("containerd and the kubelet started again")
@@ -132,6 +136,11 @@ func TestNode(t *testing.T) {
 	step("kube-apiserver ready again, kms-providers ok")
 	h.checkReadBack(t, secrets)
 	h.checkStored(t, secrets)
+	for _, s := range secrets {
+		if id := h.storedKeyID(t, s.name); id != h.rotatedTo {
+			t.Errorf("after the rotation secret %s is stored under %q, want NEW %q", s.name, id, h.rotatedTo)
+		}
+	}
 	step("done")
 }
 
@@ -551,6 +560,140 @@ func (h *host) reboot(t *testing.T) {
 	h.sh(time.Minute, readme.tmpfiles)
 	h.startContainerd()
 	h.startKubelet()
+}
+
+// --- docs/rotation.md ---
+
+// docBlock is one ```sh block of a document; skip is the reason given in a
+// "<!-- not run by the node test: ... -->" line just above it.
+type docBlock struct {
+	text, skip string
+}
+
+var notRun = regexp.MustCompile(`<!-- not run by the node test: (.*?) -->\s*$`)
+
+func docBlocks(t *testing.T, path string) []docBlock {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	var out []docBlock
+	for _, m := range fence.FindAllStringSubmatchIndex(s, -1) {
+		db := docBlock{text: dedent(s[m[2]:m[3]])}
+		if r := notRun.FindStringSubmatch(s[max(0, m[0]-300):m[0]]); r != nil {
+			db.skip = r[1]
+		}
+		out = append(out, db)
+	}
+	return out
+}
+
+// rotationRunbook runs docs/rotation.md's shell blocks in order, as root
+// in one working directory, each in its own bash with the variables and
+// functions of the ones before (KS, SOCK, as65532, OLD, NEW). After the
+// promote it waits, as the runbook says to, until kube-apiserver writes
+// under NEW. At the end OLD is destroyed, so every Secret must be under NEW.
+func (h *host) rotationRunbook(t *testing.T, secrets []secret) {
+	dir := filepath.Join(workRoot, "rotation")
+	if err := os.MkdirAll(dir, 0o755); err != nil { // 65532 reads the audit reports here
+		t.Fatal(err)
+	}
+	vars := filepath.Join(dir, "vars.sh")
+	getVar := func(name string) string {
+		out := h.sh(10*time.Second, fmt.Sprintf("source %s; printf %%s \"${%s:-}\"", vars, name))
+		return strings.TrimSpace(out)
+	}
+	var ran []string
+	for i, b := range docBlocks(t, filepath.Join(h.repo, "docs", "rotation.md")) {
+		if b.skip != "" {
+			t.Logf("rotation.md block %d not run: %s", i, b.skip)
+			continue
+		}
+		script := fmt.Sprintf("cd %s\nif [ -f %s ]; then source %s; fi\n%s\n{ declare -p KS SOCK OLD NEW 2>/dev/null || true; declare -f; } > %s.tmp\nmv %s.tmp %s\n",
+			dir, vars, vars, b.text, vars, vars, vars)
+		out := h.sh(5*time.Minute, script)
+		t.Logf("rotation.md block %d:\n%s\n--> %s", i, strings.TrimSpace(b.text), tailLines(out, 8))
+		ran = append(ran, b.text)
+		if strings.Contains(b.text, "keys promote") {
+			old, nw := getVar("OLD"), getVar("NEW")
+			if old == "" || nw == "" || old == nw {
+				t.Fatalf("after the promote: OLD %q, NEW %q", old, nw)
+			}
+			h.rotatedFrom, h.rotatedTo = old, nw
+			h.waitWritesUnder(t, nw)
+		}
+	}
+	for _, want := range []string{"keys add", "keys promote", "kmsctl migrate", "--fail-on-key $OLD", "keys disable", "keys destroy"} {
+		found := false
+		for _, r := range ran {
+			found = found || strings.Contains(r, want)
+		}
+		if !found {
+			t.Errorf("docs/rotation.md: no block run contains %q", want)
+		}
+	}
+	if h.rotatedTo == "" {
+		t.Fatal("docs/rotation.md: no promote ran")
+	}
+	list := h.sh(time.Minute, "setpriv --reuid=65532 --regid=65532 --clear-groups kmsctl keys list --keystore file:///etc/keywarden/keyset.json")
+	if strings.Contains(list, h.rotatedFrom) || !strings.Contains(list, h.rotatedTo) {
+		t.Errorf("after the runbook the keyset lists:\n%s\nwant %s and not the destroyed %s", list, h.rotatedTo, h.rotatedFrom)
+	}
+	h.checkReadBack(t, secrets)
+	for _, s := range secrets {
+		if id := h.storedKeyID(t, s.name); id != h.rotatedTo {
+			t.Errorf("after the runbook secret %s is stored under %q, want NEW %q", s.name, id, h.rotatedTo)
+		}
+	}
+}
+
+// waitWritesUnder writes canary Secrets until kube-apiserver stores one
+// under keyID (it polls keywarden's Status about once a minute).
+func (h *host) waitWritesUnder(t *testing.T, keyID string) {
+	n := 0
+	waitUntil(t, 3*time.Minute, "kube-apiserver writing under "+keyID, func() error {
+		n++
+		name := fmt.Sprintf("rotation-canary-%d", n)
+		if out, err := h.kubectl(time.Minute, "create", "secret", "generic", name, "--from-literal=k=canary"); err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		if id := h.storedKeyID(t, name); id != keyID {
+			time.Sleep(4 * time.Second)
+			return fmt.Errorf("canary %s stored under %q", name, id)
+		}
+		t.Logf("kube-apiserver writes under %s (canary %d)", keyID, n)
+		return nil
+	})
+}
+
+// storedKeyID reads default/<name> from etcd and returns its KMS v2 key_id.
+func (h *host) storedKeyID(t *testing.T, name string) string {
+	t.Helper()
+	out, err := h.try(time.Minute, filepath.Join(h.tools, "etcdctl"), "--endpoints=https://127.0.0.1:2379",
+		"--cacert=/etc/kubernetes/pki/etcd/ca.crt",
+		"--cert=/etc/kubernetes/pki/apiserver-etcd-client.crt",
+		"--key=/etc/kubernetes/pki/apiserver-etcd-client.key",
+		"get", "/registry/secrets/default/"+name, "-w", "json")
+	if err != nil {
+		t.Errorf("etcdctl get %s: %v: %s", name, err, tailLines(out, 3))
+		return ""
+	}
+	var resp struct {
+		Kvs []struct {
+			Value []byte `json:"value"`
+		} `json:"kvs"`
+	}
+	if err := json.Unmarshal([]byte(out), &resp); err != nil || len(resp.Kvs) != 1 {
+		t.Errorf("etcdctl get %s: %v, %d values", name, err, len(resp.Kvs))
+		return ""
+	}
+	v := stored.Parse(resp.Kvs[0].Value)
+	if v.Object == nil {
+		return "(" + v.Label() + ")"
+	}
+	return v.Object.KeyID
 }
 
 // --- README ---
