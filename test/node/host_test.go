@@ -33,7 +33,7 @@ const (
 	k8sVersion  = "v1.37.2"
 	pauseImage  = "registry.k8s.io/pause:3.10.2"
 	etcdImage   = "registry.k8s.io/etcd:3.7.0-0"
-	kwImage     = "keywarden:dev" // deploy/static-pod/keywarden.yaml's image, unchanged
+	kwImageRef  = "keywarden:dev" // deploy/static-pod/keywarden.yaml's image, unchanged
 	ctrNS       = "k8s.io"
 	kubeletPort = "10248"
 )
@@ -44,7 +44,7 @@ type host struct {
 	t       *testing.T
 	repo    string
 	tools   string // test/e2e/tools/bin
-	kwBin   string // keywarden, kmsctl for the image and the node
+	kwImage string // keywarden's image, a docker-archive of the Dockerfile's build
 	pathDir string // first on $PATH for the docs' commands: kmsctl, kubectl, kubeadm
 	logs    string
 	ctrd    *proc

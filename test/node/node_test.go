@@ -75,6 +75,19 @@ func TestNode(t *testing.T) {
 	archive := h.buildImages()
 	h.startContainerd()
 	h.ctr(5*time.Minute, "images", "import", archive)
+	// README step 1: keywarden's image (the Dockerfile's, test/node/image.sh)
+	// on the node, and kmsctl copied out of it.
+	h.ctr(5*time.Minute, "images", "import", h.kwImage)
+	// The Dockerfile's image: its label, user and entrypoint.
+	if cfg, err := nodeimages.Config(h.kwImage, kwImageRef); err != nil {
+		t.Fatal(err)
+	} else if cfg.Labels["org.opencontainers.image.title"] != "keywarden" || cfg.User != "65532:65532" ||
+		strings.Join(cfg.Entrypoint, " ") != "/usr/local/bin/keywarden" {
+		t.Fatalf("%s is not the Dockerfile's image: labels %v, user %q, entrypoint %q", h.kwImage, cfg.Labels, cfg.User, cfg.Entrypoint)
+	}
+	if err := nodeimages.ExtractFile(h.kwImage, kwImageRef, "/usr/local/bin/kmsctl", filepath.Join(h.pathDir, "kmsctl")); err != nil {
+		t.Fatal(err)
+	}
 
 	readme := readmeInstallBlocks(t, filepath.Join(h.repo, "README.md"))
 	step("README step 2: directories and the keyset, as uid 65532")
@@ -150,8 +163,8 @@ func newHost(t *testing.T) *host {
 		t.Fatal(err)
 	}
 	h := &host{t: t, repo: repo,
-		tools: filepath.Join(repo, "test", "e2e", "tools", "bin"),
-		kwBin: filepath.Join(repo, "bin", "nopkcs11"),
+		tools:   filepath.Join(repo, "test", "e2e", "tools", "bin"),
+		kwImage: os.Getenv("KEYWARDEN_NODE_IMAGE"),
 	}
 	var missing []string
 	for _, p := range []string{"kubelet", "kubeadm", "kubectl", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "etcdctl", "pause"} {
@@ -159,10 +172,8 @@ func newHost(t *testing.T) *host {
 			missing = append(missing, filepath.Join("test/e2e/tools/bin", p)+" (make e2e-tools node-tools)")
 		}
 	}
-	for _, p := range []string{"keywarden", "kmsctl"} {
-		if _, err := os.Stat(filepath.Join(h.kwBin, p)); err != nil {
-			missing = append(missing, "bin/nopkcs11/"+p+" (make build-nopkcs11)")
-		}
+	if _, err := os.Stat(h.kwImage); h.kwImage == "" || err != nil {
+		missing = append(missing, "keywarden's image: $KEYWARDEN_NODE_IMAGE, a docker-archive of the Dockerfile's image (make e2e-node runs test/node/image.sh)")
 	}
 	for _, p := range []string{"containerd", "ctr", "runc", "systemd-tmpfiles", "setpriv"} {
 		if _, err := exec.LookPath(p); err != nil {
@@ -193,11 +204,11 @@ func newHost(t *testing.T) *host {
 			t.Fatal(err)
 		}
 	}
-	// The node's commands: kmsctl as README step 1 installs it, and the
-	// Kubernetes tools a kubeadm node has (kubectl, kubeadm), plus etcdctl
-	// for docs/install.md's check (kubeadm nodes lack it; that doc says so).
+	// The node's commands: the Kubernetes tools a kubeadm node has
+	// (kubectl, kubeadm, kubelet), plus etcdctl for docs/install.md's check
+	// (kubeadm nodes lack it; that doc says so). kmsctl comes out of the
+	// image, as README step 1 says.
 	links := map[string]string{
-		"kmsctl":  filepath.Join(h.kwBin, "kmsctl"),
 		"kubectl": filepath.Join(h.tools, "kubectl"),
 		"kubeadm": filepath.Join(h.tools, "kubeadm"),
 		"kubelet": filepath.Join(h.tools, "kubelet"),
@@ -226,8 +237,8 @@ func newHost(t *testing.T) *host {
 }
 
 // buildImages writes the control plane's images (kubeadm's names and
-// tags, from the binaries built with the e2e tools), pause, and
-// keywarden's, into one docker-archive.
+// tags, from the binaries built with the e2e tools) and pause into one
+// docker-archive.
 func (h *host) buildImages() string {
 	t := h.t
 	bin := func(name string) nodeimages.File {
@@ -239,17 +250,6 @@ func (h *host) buildImages() string {
 		{Ref: "registry.k8s.io/kube-scheduler:" + k8sVersion, Files: []nodeimages.File{bin("kube-scheduler")}},
 		{Ref: etcdImage, Files: []nodeimages.File{bin("etcd"), bin("etcdctl")}},
 		{Ref: pauseImage, Files: []nodeimages.File{{Path: "/pause", Src: filepath.Join(h.tools, "pause")}}, Entrypoint: []string{"/pause"}, User: "65535:65535"},
-		{
-			// Not yet from the Dockerfile (issue 12's image step): the same
-			// layout (keywarden and kmsctl in /usr/local/bin, uid 65532, the
-			// entrypoint), from `make build-nopkcs11`'s static binaries.
-			Ref: kwImage,
-			Files: append(nodeimages.Passwd(),
-				nodeimages.File{Path: "/usr/local/bin/keywarden", Src: filepath.Join(h.kwBin, "keywarden")},
-				nodeimages.File{Path: "/usr/local/bin/kmsctl", Src: filepath.Join(h.kwBin, "kmsctl")}),
-			Entrypoint: []string{"/usr/local/bin/keywarden"},
-			User:       "65532:65532",
-		},
 	}
 	for i := range specs {
 		if i < 4 { // the control plane's images keep their binaries' users: root

@@ -35,10 +35,14 @@ type File struct {
 
 // Spec describes one image.
 type Spec struct {
-	Ref        string // e.g. registry.k8s.io/kube-apiserver:v1.37.2
+	Ref string // e.g. registry.k8s.io/kube-apiserver:v1.37.2
+	// Layers are tar files (a root filesystem made by tar, say), the
+	// image's first layers in order; Files, if any, is one more on top.
+	Layers     []string
 	Files      []File
 	Entrypoint []string
-	User       string            // e.g. 65532:65532; empty is root
+	User       string // e.g. 65532:65532; empty is root
+	WorkingDir string
 	Env        []string          // KEY=value
 	Labels     map[string]string // image labels
 }
@@ -47,20 +51,32 @@ type Spec struct {
 // only on its contents.
 var epoch = time.Unix(0, 0).UTC()
 
-// Image builds the image of s: one layer holding its files (and the
-// directories above them, 0755 root), linux/amd64.
+// Image builds the image of s, linux/amd64: the tar files of s.Layers,
+// then one layer holding s.Files (and the directories above them, 0755
+// root).
 func Image(s Spec) (v1.Image, error) {
-	layerTar, err := layer(s.Files)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", s.Ref, err)
+	var layers []v1.Layer
+	for _, p := range s.Layers {
+		l, err := tarball.LayerFromFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("%s: layer %s: %w", s.Ref, p, err)
+		}
+		layers = append(layers, l)
 	}
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(layerTar)), nil
-	})
-	if err != nil {
-		return nil, err
+	if len(s.Files) > 0 || len(layers) == 0 {
+		layerTar, err := layer(s.Files)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", s.Ref, err)
+		}
+		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+			return io.NopCloser(bytes.NewReader(layerTar)), nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		layers = append(layers, l)
 	}
-	img, err := mutate.AppendLayers(empty.Image, l)
+	img, err := mutate.AppendLayers(empty.Image, layers...)
 	if err != nil {
 		return nil, err
 	}
@@ -73,9 +89,22 @@ func Image(s Spec) (v1.Image, error) {
 	cf.Created = v1.Time{Time: epoch}
 	cf.Config.Entrypoint = s.Entrypoint
 	cf.Config.User = s.User
-	cf.Config.Env = append([]string{"PATH=/usr/local/bin:/usr/bin:/bin"}, s.Env...)
+	cf.Config.WorkingDir = s.WorkingDir
+	cf.Config.Env = s.Env
+	if !hasPath(s.Env) {
+		cf.Config.Env = append([]string{"PATH=/usr/local/bin:/usr/bin:/bin"}, s.Env...)
+	}
 	cf.Config.Labels = s.Labels
 	return mutate.ConfigFile(img, cf)
+}
+
+func hasPath(env []string) bool {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "PATH=") {
+			return true
+		}
+	}
+	return false
 }
 
 // layer writes the tar stream of files, parents first, sorted.
@@ -171,4 +200,60 @@ func Passwd() []File {
 		{Path: "/etc/passwd", Data: []byte("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n")},
 		{Path: "/etc/group", Data: []byte("root:x:0:\nnonroot:x:65532:\n")},
 	}
+}
+
+// ExtractFile copies the file at path (absolute, in the image) out of the
+// image ref in the docker-archive archive to dst, mode 0755: what
+// `docker create` and `docker cp` do for README's kmsctl.
+func ExtractFile(archive, ref, path, dst string) error {
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		return err
+	}
+	img, err := tarball.ImageFromPath(archive, &tag)
+	if err != nil {
+		return fmt.Errorf("%s in %s: %w", ref, archive, err)
+	}
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	want := strings.TrimPrefix(path, "/")
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return fmt.Errorf("%s has no %s", ref, path)
+		}
+		if err != nil {
+			return err
+		}
+		if strings.TrimPrefix(h.Name, "./") != want || h.Typeflag != tar.TypeReg {
+			continue
+		}
+		f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(f, tr); err != nil {
+			f.Close()
+			return err
+		}
+		return f.Close()
+	}
+}
+
+// Config returns the config of the image ref in the docker-archive archive.
+func Config(archive, ref string) (v1.Config, error) {
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		return v1.Config{}, err
+	}
+	img, err := tarball.ImageFromPath(archive, &tag)
+	if err != nil {
+		return v1.Config{}, fmt.Errorf("%s in %s: %w", ref, archive, err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return v1.Config{}, err
+	}
+	return cf.Config, nil
 }

@@ -88,6 +88,16 @@ func TestImage(t *testing.T) {
 	if d3, _ := back.Digest(); d3 != d1 {
 		t.Errorf("archive image digest %s, want %s", d3, d1)
 	}
+	dst := filepath.Join(dir, "out")
+	if err := ExtractFile(archive, spec.Ref, "/usr/local/bin/tool", dst); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(dst); err != nil || string(b) != "#!/bin/true\n" {
+		t.Errorf("extracted %q, %v", b, err)
+	}
+	if err := ExtractFile(archive, spec.Ref, "/usr/local/bin/none", dst); err == nil {
+		t.Error("extracting a missing file: no error")
+	}
 }
 
 func TestBadSpecs(t *testing.T) {

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Builds keywarden's image from the repository's Dockerfile, with buildah
+# (Debian's), for the node test, and writes it as a docker-archive tagged
+# keywarden:dev (the static pod's image:) to $1.
+#
+# No registry is reachable here, so the Dockerfile's two base images are
+# made on this machine and passed through its ARGs, as an air-gapped
+# builder would:
+#   GO_IMAGE       Debian 12 (debootstrap --variant=minbase, with gcc and
+#                  libc6-dev for cgo) plus the Go toolchain of the Makefile's
+#                  pin, the one the go command fetched through the module proxy,
+#                  in /usr/local/go. Its CA bundle is this machine's: the
+#                  build's `go mod download` reaches the module proxy through
+#                  this machine's network, which may intercept TLS.
+#   RUNTIME_IMAGE  distroless-like: the files of Debian's libc6,
+#                  ca-certificates, netbase, tzdata and base-files packages,
+#                  Debian's CA bundle, /etc/passwd with nonroot (65532).
+# Both are cached (about 250 MB) under
+#   ${KEYWARDEN_TOOLS_CACHE:-$HOME/.cache/keywarden/e2e-tools}/node-bases-<key>/
+# <key>: this script, the Go version and the host's CA bundle. The image
+# itself is built every time, from the working tree.
+set -euo pipefail
+
+out="${1:?usage: image.sh <archive to write>}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+GO="${GO:-go}"
+SUITE=bookworm
+MIRROR="${KEYWARDEN_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+GO_REF=localhost/keywarden-base/golang:bookworm
+RT_REF=localhost/keywarden-base/distroless-base-debian12:nonroot
+log() { echo "node-image: $*"; }
+
+goroot="$($GO env GOROOT)"
+goversion="$($GO env GOVERSION)"
+key="$( (cat "${BASH_SOURCE[0]}"; echo "$goversion"; cat /etc/ssl/certs/ca-certificates.crt) | sha256sum | cut -c1-64)"
+cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
+bases="${cache_root}/node-bases-${key}"
+
+if [[ ! -f "$bases/golang.tar" || ! -f "$bases/runtime.tar" ]]; then
+	log "no cached base images at ${bases}: making them (debootstrap ${SUITE}, ${goversion})"
+	start=$SECONDS
+	tmp="$(mktemp -d /var/tmp/kw-node-bases.XXXXXX)"
+	trap 'rm -rf "$tmp"' EXIT
+	debootstrap --variant=minbase --include=gcc,libc6-dev,ca-certificates "$SUITE" "$tmp/rootfs" "$MIRROR" >"$tmp/debootstrap.log" 2>&1 ||
+		{ tail -20 "$tmp/debootstrap.log"; exit 1; }
+	cp -a "$goroot" "$tmp/rootfs/usr/local/go"
+	mkdir -p "$tmp/rootfs/go"
+	# Debian's CA bundle goes to the runtime image; the builder gets this machine's.
+	cp "$tmp/rootfs/etc/ssl/certs/ca-certificates.crt" "$tmp/debian-ca.crt"
+	cp /etc/ssl/certs/ca-certificates.crt "$tmp/rootfs/etc/ssl/certs/ca-certificates.crt"
+	rm -rf "$tmp/rootfs/var/cache/apt/archives/"*.deb "$tmp/rootfs/var/lib/apt/lists/"*
+	tar --numeric-owner -C "$tmp/rootfs" -cf "$tmp/builder.tar" .
+
+	mkdir -p "$tmp/debs" "$tmp/rt"
+	(cd "$tmp/debs" && apt-get download libc6 ca-certificates netbase tzdata base-files >/dev/null 2>&1) ||
+		{ apt-get update -qq && (cd "$tmp/debs" && apt-get download libc6 ca-certificates netbase tzdata base-files); }
+	for d in "$tmp/debs/"*.deb; do dpkg -x "$d" "$tmp/rt"; done
+	install -D -m 0644 "$tmp/debian-ca.crt" "$tmp/rt/etc/ssl/certs/ca-certificates.crt"
+	printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$tmp/rt/etc/passwd"
+	printf 'root:x:0:\nnobody:x:65534:\nnonroot:x:65532:\n' >"$tmp/rt/etc/group"
+	install -d -m 0700 -o 65532 -g 65532 "$tmp/rt/home/nonroot"
+	install -d -m 1777 "$tmp/rt/tmp"
+	rm -rf "$tmp/rt/usr/share/doc" "$tmp/rt/usr/share/man" "$tmp/rt/usr/share/lintian"
+	tar --numeric-owner -C "$tmp/rt" -cf "$tmp/runtime-fs.tar" .
+
+	(cd "$repo" && $GO run ./test/node/cmd/mkimage -o "$tmp/golang.tar" -ref "$GO_REF" -layer "$tmp/builder.tar" \
+		-env PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin -env GOPATH=/go -workdir /go)
+	(cd "$repo" && $GO run ./test/node/cmd/mkimage -o "$tmp/runtime.tar" -ref "$RT_REF" -layer "$tmp/runtime-fs.tar" \
+		-user 65532:65532 -workdir /home/nonroot)
+	mkdir -p "$cache_root"
+	rm -rf "$bases"
+	mkdir -p "$tmp/out" && mv "$tmp/golang.tar" "$tmp/runtime.tar" "$tmp/out/"
+	mv -T "$tmp/out" "$bases"
+	log "base images made in $((SECONDS - start))s, cached in ${bases}"
+else
+	log "reusing the base images in ${bases}"
+fi
+
+buildah pull -q "docker-archive:${bases}/golang.tar" >/dev/null
+buildah pull -q "docker-archive:${bases}/runtime.tar" >/dev/null
+version="$(git -C "$repo" describe --tags --always --dirty 2>/dev/null || echo dev)"
+log "buildah bud -f Dockerfile (VERSION=${version})"
+start=$SECONDS
+# --network host: the RUN steps reach the module proxy as this machine does.
+buildah bud --quiet --network host --pull=never --layers=false \
+	--build-arg GO_IMAGE="$GO_REF" --build-arg RUNTIME_IMAGE="$RT_REF" --build-arg VERSION="$version" \
+	-t localhost/keywarden:node-e2e -f "$repo/Dockerfile" "$repo" >/dev/null
+log "built in $((SECONDS - start))s"
+rm -f "$out"
+mkdir -p "$(dirname "$out")"
+buildah push -q localhost/keywarden:node-e2e "docker-archive:${out}:keywarden:dev"
+buildah rmi localhost/keywarden:node-e2e >/dev/null
+log "wrote ${out} (keywarden:dev)"
