@@ -158,8 +158,9 @@ e2e: build e2e-tools
 # keywarden's static pod, README's install steps run from README. Root only;
 # it refuses a machine that already is a node, and cleans up after itself.
 e2e-node: e2e-tools node-tools
-	GO="$(GO)" bash test/node/image.sh $(CURDIR)/$(BIN)/node/keywarden-image.tar
-	KEYWARDEN_NODE_IMAGE=$(CURDIR)/$(BIN)/node/keywarden-image.tar KEYWARDEN_E2E_NODE=1 \
+	GO="$(GO)" bash test/node/image.sh $(CURDIR)/$(BIN)/node/keywarden-image.tar $(CURDIR)/$(BIN)/node/keywarden-pkcs11-image.tar
+	KEYWARDEN_NODE_IMAGE=$(CURDIR)/$(BIN)/node/keywarden-image.tar \
+	  KEYWARDEN_NODE_IMAGE_PKCS11=$(CURDIR)/$(BIN)/node/keywarden-pkcs11-image.tar KEYWARDEN_E2E_NODE=1 \
 	  $(GO) test -count=1 -timeout 30m -tags node -v ./test/node/
 
 # make test runs the node test only where KEYWARDEN_E2E_NODE=1 (.ci/run sets

@@ -45,10 +45,12 @@ type host struct {
 	repo    string
 	tools   string // test/e2e/tools/bin
 	kwImage string // keywarden's image, a docker-archive of the Dockerfile's build
-	pathDir string // first on $PATH for the docs' commands: kmsctl, kubectl, kubeadm
-	logs    string
-	ctrd    *proc
-	kubelet *supervisor
+	// kwImagePKCS11 is its PKCS#11 variant (test/node/image.sh).
+	kwImagePKCS11 string
+	pathDir       string // first on $PATH for the docs' commands: kmsctl, kubectl, kubeadm
+	logs          string
+	ctrd          *proc
+	kubelet       *supervisor
 	// rotatedFrom and rotatedTo are docs/rotation.md's OLD and NEW.
 	rotatedFrom, rotatedTo string
 	cleanups               []func()
@@ -446,6 +448,9 @@ func (h *host) teardown() {
 		if err := os.RemoveAll(p); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
+	}
+	if h.rotatedTo != "" { // docs/rotation.md's migrate state file
+		_ = os.Remove("/var/tmp/kmsctl-migrate-" + strings.ReplaceAll(h.rotatedTo, ":", "-") + ".json")
 	}
 	for _, f := range h.cleanups {
 		f()

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds keywarden's image from the repository's Dockerfile, with buildah
 # (Debian's), for the node test, and writes it as a docker-archive tagged
-# keywarden:dev (the static pod's image:) to $1.
+# keywarden:dev (the static pod's image:) to $1; with $2, also the PKCS#11
+# variant docs/keystores/pkcs11.md describes (the same Dockerfile on a
+# runtime with libstdc++ and libgcc_s, which SoftHSM2's module needs),
+# tagged keywarden:dev-pkcs11, to $2.
 #
 # No registry is reachable here, so the Dockerfile's two base images are
 # made on this machine and passed through its ARGs, as an air-gapped
@@ -14,14 +17,17 @@
 #                  this machine's network, which may intercept TLS.
 #   RUNTIME_IMAGE  distroless-like: the files of Debian's libc6,
 #                  ca-certificates, netbase, tzdata and base-files packages,
-#                  Debian's CA bundle, /etc/passwd with nonroot (65532).
+#                  Debian's CA bundle, /etc/passwd with nonroot (65532);
+#                  for the PKCS#11 variant (like distroless/cc-debian12) also
+#                  libstdc++6, libgcc-s1 and libssl3.
 # Both are cached (about 250 MB) under
 #   ${KEYWARDEN_TOOLS_CACHE:-$HOME/.cache/keywarden/e2e-tools}/node-bases-<key>/
 # <key>: this script, the Go version and the host's CA bundle. The image
 # itself is built every time, from the working tree.
 set -euo pipefail
 
-out="${1:?usage: image.sh <archive to write>}"
+out="${1:?usage: image.sh <archive to write> [<PKCS#11 variant archive>]}"
+out_pkcs11="${2:-}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 GO="${GO:-go}"
@@ -29,6 +35,7 @@ SUITE=bookworm
 MIRROR="${KEYWARDEN_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 GO_REF=localhost/keywarden-base/golang:bookworm
 RT_REF=localhost/keywarden-base/distroless-base-debian12:nonroot
+CC_REF=localhost/keywarden-base/distroless-cc-debian12:nonroot
 log() { echo "node-image: $*"; }
 
 goroot="$($GO env GOROOT)"
@@ -37,7 +44,7 @@ key="$( (cat "${BASH_SOURCE[0]}"; echo "$goversion"; cat /etc/ssl/certs/ca-certi
 cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
 bases="${cache_root}/node-bases-${key}"
 
-if [[ ! -f "$bases/golang.tar" || ! -f "$bases/runtime.tar" ]]; then
+if [[ ! -f "$bases/golang.tar" || ! -f "$bases/runtime.tar" || ! -f "$bases/runtime-cc.tar" ]]; then
 	log "no cached base images at ${bases}: making them (debootstrap ${SUITE}, ${goversion})"
 	start=$SECONDS
 	tmp="$(mktemp -d /var/tmp/kw-node-bases.XXXXXX)"
@@ -53,24 +60,35 @@ if [[ ! -f "$bases/golang.tar" || ! -f "$bases/runtime.tar" ]]; then
 	tar --numeric-owner -C "$tmp/rootfs" -cf "$tmp/builder.tar" .
 
 	mkdir -p "$tmp/debs" "$tmp/rt"
-	(cd "$tmp/debs" && apt-get download libc6 ca-certificates netbase tzdata base-files >/dev/null 2>&1) ||
-		{ apt-get update -qq && (cd "$tmp/debs" && apt-get download libc6 ca-certificates netbase tzdata base-files); }
-	for d in "$tmp/debs/"*.deb; do dpkg -x "$d" "$tmp/rt"; done
-	install -D -m 0644 "$tmp/debian-ca.crt" "$tmp/rt/etc/ssl/certs/ca-certificates.crt"
-	printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$tmp/rt/etc/passwd"
-	printf 'root:x:0:\nnobody:x:65534:\nnonroot:x:65532:\n' >"$tmp/rt/etc/group"
-	install -d -m 0700 -o 65532 -g 65532 "$tmp/rt/home/nonroot"
-	install -d -m 1777 "$tmp/rt/tmp"
-	rm -rf "$tmp/rt/usr/share/doc" "$tmp/rt/usr/share/man" "$tmp/rt/usr/share/lintian"
-	tar --numeric-owner -C "$tmp/rt" -cf "$tmp/runtime-fs.tar" .
+	base_debs=(libc6 ca-certificates netbase tzdata base-files)
+	cc_debs=(libstdc++6 libgcc-s1 libssl3)
+	(cd "$tmp/debs" && apt-get download "${base_debs[@]}" "${cc_debs[@]}" >/dev/null 2>&1) ||
+		{ apt-get update -qq && (cd "$tmp/debs" && apt-get download "${base_debs[@]}" "${cc_debs[@]}"); }
+	runtime_fs() { # dir tar debs...: a distroless-like root filesystem
+		local dir="$1" tarfile="$2" p
+		shift 2
+		mkdir -p "$dir"
+		for p in "$@"; do dpkg -x "$tmp/debs/${p}_"*.deb "$dir"; done
+		install -D -m 0644 "$tmp/debian-ca.crt" "$dir/etc/ssl/certs/ca-certificates.crt"
+		printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$dir/etc/passwd"
+		printf 'root:x:0:\nnobody:x:65534:\nnonroot:x:65532:\n' >"$dir/etc/group"
+		install -d -m 0700 -o 65532 -g 65532 "$dir/home/nonroot"
+		install -d -m 1777 "$dir/tmp"
+		rm -rf "$dir/usr/share/doc" "$dir/usr/share/man" "$dir/usr/share/lintian"
+		tar --numeric-owner -C "$dir" -cf "$tarfile" .
+	}
+	runtime_fs "$tmp/rt" "$tmp/runtime-fs.tar" "${base_debs[@]}"
+	runtime_fs "$tmp/rtcc" "$tmp/runtime-cc-fs.tar" "${base_debs[@]}" "${cc_debs[@]}"
 
 	(cd "$repo" && $GO run ./test/node/cmd/mkimage -o "$tmp/golang.tar" -ref "$GO_REF" -layer "$tmp/builder.tar" \
 		-env PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin -env GOPATH=/go -workdir /go)
 	(cd "$repo" && $GO run ./test/node/cmd/mkimage -o "$tmp/runtime.tar" -ref "$RT_REF" -layer "$tmp/runtime-fs.tar" \
 		-user 65532:65532 -workdir /home/nonroot)
+	(cd "$repo" && $GO run ./test/node/cmd/mkimage -o "$tmp/runtime-cc.tar" -ref "$CC_REF" -layer "$tmp/runtime-cc-fs.tar" \
+		-user 65532:65532 -workdir /home/nonroot)
 	mkdir -p "$cache_root"
 	rm -rf "$bases"
-	mkdir -p "$tmp/out" && mv "$tmp/golang.tar" "$tmp/runtime.tar" "$tmp/out/"
+	mkdir -p "$tmp/out" && mv "$tmp/golang.tar" "$tmp/runtime.tar" "$tmp/runtime-cc.tar" "$tmp/out/"
 	mv -T "$tmp/out" "$bases"
 	log "base images made in $((SECONDS - start))s, cached in ${bases}"
 else
@@ -79,16 +97,24 @@ fi
 
 buildah pull -q "docker-archive:${bases}/golang.tar" >/dev/null
 buildah pull -q "docker-archive:${bases}/runtime.tar" >/dev/null
+buildah pull -q "docker-archive:${bases}/runtime-cc.tar" >/dev/null
 version="$(git -C "$repo" describe --tags --always --dirty 2>/dev/null || echo dev)"
-log "buildah bud -f Dockerfile (VERSION=${version})"
-start=$SECONDS
-# --network host: the RUN steps reach the module proxy as this machine does.
-buildah bud --quiet --network host --pull=never --layers=false \
-	--build-arg GO_IMAGE="$GO_REF" --build-arg RUNTIME_IMAGE="$RT_REF" --build-arg VERSION="$version" \
-	-t localhost/keywarden:node-e2e -f "$repo/Dockerfile" "$repo" >/dev/null
-log "built in $((SECONDS - start))s"
-rm -f "$out"
-mkdir -p "$(dirname "$out")"
-buildah push -q localhost/keywarden:node-e2e "docker-archive:${out}:keywarden:dev"
-buildah rmi localhost/keywarden:node-e2e >/dev/null
-log "wrote ${out} (keywarden:dev)"
+
+build() { # runtime-ref archive tag
+	local start=$SECONDS
+	log "buildah bud -f Dockerfile (VERSION=${version}, RUNTIME_IMAGE=$1)"
+	# --network host: the RUN steps reach the module proxy as this machine does.
+	buildah bud --quiet --network host --pull=never --layers=false \
+		--build-arg GO_IMAGE="$GO_REF" --build-arg RUNTIME_IMAGE="$1" --build-arg VERSION="$version" \
+		-t localhost/keywarden:node-e2e -f "$repo/Dockerfile" "$repo" >/dev/null
+	log "built in $((SECONDS - start))s"
+	rm -f "$2"
+	mkdir -p "$(dirname "$2")"
+	buildah push -q localhost/keywarden:node-e2e "docker-archive:$2:$3"
+	buildah rmi localhost/keywarden:node-e2e >/dev/null
+	log "wrote $2 ($3)"
+}
+build "$RT_REF" "$out" keywarden:dev
+if [[ -n "$out_pkcs11" ]]; then
+	build "$CC_REF" "$out_pkcs11" keywarden:dev-pkcs11
+fi

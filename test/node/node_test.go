@@ -154,6 +154,8 @@ func TestNode(t *testing.T) {
 			t.Errorf("after the rotation secret %s is stored under %q, want NEW %q", s.name, id, h.rotatedTo)
 		}
 	}
+	step("PKCS#11: a second cluster, keywarden on a SoftHSM2 token in its pod")
+	h.pkcs11Pod(t)
 	step("done")
 }
 
@@ -163,8 +165,9 @@ func newHost(t *testing.T) *host {
 		t.Fatal(err)
 	}
 	h := &host{t: t, repo: repo,
-		tools:   filepath.Join(repo, "test", "e2e", "tools", "bin"),
-		kwImage: os.Getenv("KEYWARDEN_NODE_IMAGE"),
+		tools:         filepath.Join(repo, "test", "e2e", "tools", "bin"),
+		kwImage:       os.Getenv("KEYWARDEN_NODE_IMAGE"),
+		kwImagePKCS11: os.Getenv("KEYWARDEN_NODE_IMAGE_PKCS11"),
 	}
 	var missing []string
 	for _, p := range []string{"kubelet", "kubeadm", "kubectl", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "etcdctl", "pause"} {
@@ -174,6 +177,14 @@ func newHost(t *testing.T) *host {
 	}
 	if _, err := os.Stat(h.kwImage); h.kwImage == "" || err != nil {
 		missing = append(missing, "keywarden's image: $KEYWARDEN_NODE_IMAGE, a docker-archive of the Dockerfile's image (make e2e-node runs test/node/image.sh)")
+	}
+	if _, err := os.Stat(h.kwImagePKCS11); h.kwImagePKCS11 == "" || err != nil {
+		missing = append(missing, "keywarden's PKCS#11 image: $KEYWARDEN_NODE_IMAGE_PKCS11 (make e2e-node)")
+	}
+	for _, p := range []string{"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so", "/usr/bin/softhsm2-util"} {
+		if _, err := os.Stat(p); err != nil {
+			missing = append(missing, p+" (apt-get install softhsm2)")
+		}
 	}
 	for _, p := range []string{"containerd", "ctr", "runc", "systemd-tmpfiles", "setpriv"} {
 		if _, err := exec.LookPath(p); err != nil {
@@ -590,41 +601,60 @@ func docBlocks(t *testing.T, path string) []docBlock {
 	return out
 }
 
-// rotationRunbook runs docs/rotation.md's shell blocks in order, as root
-// in one working directory, each in its own bash with the variables and
-// functions of the ones before (KS, SOCK, as65532, OLD, NEW). After the
+// runDocBlocks runs the shell blocks of a document in order, as root in
+// dir, each in its own bash with env exported and the variables (vars) and
+// functions of the blocks before it; blocks marked "not run by the node
+// test" are logged and skipped. after, if set, runs after each block with
+// a way to read the shell's variables. It returns the blocks it ran.
+func (h *host) runDocBlocks(t *testing.T, doc, dir string, env, vars []string, after func(text string, get func(string) string)) []string {
+	if err := os.MkdirAll(dir, 0o755); err != nil { // 65532 reads files here
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "vars.sh")
+	get := func(name string) string {
+		out := h.sh(10*time.Second, fmt.Sprintf("source %s; printf %%s \"${%s:-}\"", state, name))
+		return strings.TrimSpace(out)
+	}
+	var exports string
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		exports += fmt.Sprintf("export %s=%q\n", k, v)
+	}
+	var ran []string
+	for i, b := range docBlocks(t, filepath.Join(h.repo, doc)) {
+		if b.skip != "" {
+			t.Logf("%s block %d not run: %s", doc, i, b.skip)
+			continue
+		}
+		script := fmt.Sprintf("cd %s\n%sif [ -f %s ]; then source %s; fi\n%s\n{ declare -p %s 2>/dev/null || true; declare -f; } > %s.tmp\nmv %s.tmp %s\n",
+			dir, exports, state, state, b.text, strings.Join(vars, " "), state, state, state)
+		out := h.sh(5*time.Minute, script)
+		t.Logf("%s block %d:\n%s\n--> %s", doc, i, strings.TrimSpace(b.text), tailLines(out, 8))
+		ran = append(ran, b.text)
+		if after != nil {
+			after(b.text, get)
+		}
+	}
+	return ran
+}
+
+// rotationRunbook runs docs/rotation.md's shell blocks in order
+// (runDocBlocks: KS, SOCK, as65532, OLD, NEW carry over). After the
 // promote it waits, as the runbook says to, until kube-apiserver writes
 // under NEW. At the end OLD is destroyed, so every Secret must be under NEW.
 func (h *host) rotationRunbook(t *testing.T, secrets []secret) {
-	dir := filepath.Join(workRoot, "rotation")
-	if err := os.MkdirAll(dir, 0o755); err != nil { // 65532 reads the audit reports here
-		t.Fatal(err)
-	}
-	vars := filepath.Join(dir, "vars.sh")
-	getVar := func(name string) string {
-		out := h.sh(10*time.Second, fmt.Sprintf("source %s; printf %%s \"${%s:-}\"", vars, name))
-		return strings.TrimSpace(out)
-	}
-	var ran []string
-	for i, b := range docBlocks(t, filepath.Join(h.repo, "docs", "rotation.md")) {
-		if b.skip != "" {
-			t.Logf("rotation.md block %d not run: %s", i, b.skip)
-			continue
-		}
-		script := fmt.Sprintf("cd %s\nif [ -f %s ]; then source %s; fi\n%s\n{ declare -p KS SOCK OLD NEW 2>/dev/null || true; declare -f; } > %s.tmp\nmv %s.tmp %s\n",
-			dir, vars, vars, b.text, vars, vars, vars)
-		out := h.sh(5*time.Minute, script)
-		t.Logf("rotation.md block %d:\n%s\n--> %s", i, strings.TrimSpace(b.text), tailLines(out, 8))
-		ran = append(ran, b.text)
-		if strings.Contains(b.text, "keys promote") {
-			old, nw := getVar("OLD"), getVar("NEW")
+	ran := h.runDocBlocks(t, "docs/rotation.md", filepath.Join(workRoot, "rotation"), nil,
+		[]string{"KS", "SOCK", "OLD", "NEW"}, func(text string, get func(string) string) {
+			if !strings.Contains(text, "keys promote") {
+				return
+			}
+			old, nw := get("OLD"), get("NEW")
 			if old == "" || nw == "" || old == nw {
 				t.Fatalf("after the promote: OLD %q, NEW %q", old, nw)
 			}
 			h.rotatedFrom, h.rotatedTo = old, nw
 			h.waitWritesUnder(t, nw)
-		}
-	}
+		})
 	for _, want := range []string{"keys add", "keys promote", "kmsctl migrate", "--fail-on-key $OLD", "keys disable", "keys destroy"} {
 		found := false
 		for _, r := range ran {
@@ -694,6 +724,138 @@ func (h *host) storedKeyID(t *testing.T, name string) string {
 		return "(" + v.Label() + ")"
 	}
 	return v.Object.KeyID
+}
+
+// --- docs/keystores/pkcs11.md ---
+
+// pkcs11Pod makes a second cluster on the node with keywarden on a SoftHSM2
+// token, as docs/keystores/pkcs11.md says: kubeadm reset, keywarden's
+// directories afresh (README's tmpfiles), the doc's token, PIN file and
+// first-key blocks run as written, the doc's pod spec merged into
+// deploy/static-pod/keywarden.yaml with the PKCS#11 image, kubeadm init,
+// and the same Secret checks, the Secrets under the token's key.
+func (h *host) pkcs11Pod(t *testing.T) {
+	h.stopKubelet()
+	h.run(3*time.Minute, filepath.Join(h.tools, "kubeadm"), "reset", "-f", "--cri-socket", criSocket)
+	h.killAllTasks()
+	for _, p := range []string{"/etc/keywarden", "/var/lib/keywarden", "/run/keywarden"} {
+		if err := os.RemoveAll(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readme := readmeInstallBlocks(t, filepath.Join(h.repo, "README.md"))
+	h.sh(time.Minute, readme.tmpfiles)
+	h.ctr(5*time.Minute, "images", "import", h.kwImagePKCS11)
+
+	var uri string
+	ran := h.runDocBlocks(t, "docs/keystores/pkcs11.md", filepath.Join(workRoot, "pkcs11"),
+		[]string{"SO_PIN=so-" + randHex(t, 8), "USER_PIN=user-" + randHex(t, 8)}, []string{"URI"},
+		func(_ string, get func(string) string) { uri = get("URI") })
+	if len(ran) != 3 || !strings.HasPrefix(uri, "pkcs11:") {
+		t.Fatalf("docs/keystores/pkcs11.md: ran %d blocks (want the token, the PIN file, the first key), URI %q", len(ran), uri)
+	}
+	primary := strings.TrimSpace(h.sh(time.Minute, fmt.Sprintf("source %s/vars.sh; as65532 kmsctl keys list --keystore \"$URI\" | awk '$3 == \"*\" {print $1}'", filepath.Join(workRoot, "pkcs11"))))
+	if primary == "" {
+		t.Fatal("no primary version on the token")
+	}
+
+	manifest := pkcs11Manifest(t, h.repo)
+	if err := os.WriteFile("/etc/kubernetes/manifests/keywarden.yaml", manifest, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.sh(time.Minute, readme.encryptionConfig)
+	h.startKubelet()
+	h.run(10*time.Minute, filepath.Join(h.tools, "kubeadm"), "init", "--config", h.kubeadmConfig(),
+		"--ignore-preflight-errors="+strings.Join(preflightIgnored, ","),
+		"--skip-phases=addon/kube-proxy,addon/coredns")
+	h.waitKMSReady(3 * time.Minute)
+	h.checkContainer(t)
+	secrets := h.secretWorkflows(t)
+	h.checkStored(t, secrets)
+	h.checkReadBack(t, secrets)
+	for _, s := range secrets {
+		if id := h.storedKeyID(t, s.name); id != primary {
+			t.Errorf("secret %s is stored under %q, want the token's primary %q", s.name, id, primary)
+		}
+	}
+	t.Logf("%d Secrets stored under the token's key %s and read back", len(secrets), primary)
+}
+
+// pkcs11Manifest is deploy/static-pod/keywarden.yaml with the pod spec of
+// docs/keystores/pkcs11.md merged in: its image (keywarden:dev-pkcs11),
+// its args replacing the manifest's of the same flag, its env, and its
+// volume mounts and volumes that the manifest does not have by name.
+func pkcs11Manifest(t *testing.T, repo string) []byte {
+	b, err := os.ReadFile(filepath.Join(repo, "deploy", "static-pod", "keywarden.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pod map[string]any
+	if err := yaml.Unmarshal(b, &pod); err != nil {
+		t.Fatal(err)
+	}
+	doc, err := os.ReadFile(filepath.Join(repo, "docs", "keystores", "pkcs11.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)## Running it in the static pod.*?```yaml\n(.*?)```").FindSubmatch(doc)
+	if m == nil {
+		t.Fatal("docs/keystores/pkcs11.md: no pod spec under \"Running it in the static pod\"")
+	}
+	var frag map[string]any
+	if err := yaml.Unmarshal(m[1], &frag); err != nil {
+		t.Fatalf("docs/keystores/pkcs11.md's pod spec: %v", err)
+	}
+	spec, fspec := pod["spec"].(map[string]any), frag["spec"].(map[string]any)
+	c := spec["containers"].([]any)[0].(map[string]any)
+	fc := fspec["containers"].([]any)[0].(map[string]any)
+	if !strings.HasSuffix(fmt.Sprint(fc["image"]), "-pkcs11") {
+		t.Fatalf("the doc's image %v is not a -pkcs11 one", fc["image"])
+	}
+	c["image"] = kwImageRef + "-pkcs11"
+	args := c["args"].([]any)
+	for _, fa := range fc["args"].([]any) {
+		flag, _, _ := strings.Cut(fa.(string), "=")
+		replaced := false
+		for i, a := range args {
+			if strings.HasPrefix(a.(string), flag+"=") {
+				args[i], replaced = fa, true
+			}
+		}
+		if !replaced {
+			args = append(args, fa)
+		}
+	}
+	c["args"] = args
+	mergeNamed := func(dst map[string]any, key string, src []any) {
+		have := map[string]bool{}
+		list, _ := dst[key].([]any)
+		for _, e := range list {
+			have[fmt.Sprint(e.(map[string]any)["name"])] = true
+		}
+		for _, e := range src {
+			if !have[fmt.Sprint(e.(map[string]any)["name"])] {
+				list = append(list, e)
+			}
+		}
+		dst[key] = list
+	}
+	mergeNamed(c, "env", fc["env"].([]any))
+	mergeNamed(c, "volumeMounts", fc["volumeMounts"].([]any))
+	mergeNamed(spec, "volumes", fspec["volumes"].([]any))
+	out, err := yaml.Marshal(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func randHex(t *testing.T, n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", b)
 }
 
 // --- README ---
