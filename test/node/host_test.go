@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keywarden/keywarden/test/e2e/cluster"
 )
 
 // The node's own paths. kubeadm, the kubelet and keywarden's manifests use
@@ -49,7 +51,7 @@ type host struct {
 	kwImagePKCS11 string
 	pathDir       string // first on $PATH for the docs' commands: kmsctl, kubectl, kubeadm
 	logs          string
-	ctrd          *proc
+	ctrd          *cluster.Process
 	kubelet       *supervisor
 	// rotatedFrom and rotatedTo are docs/rotation.md's OLD and NEW.
 	rotatedFrom, rotatedTo string
@@ -159,7 +161,7 @@ func (h *host) startContainerd() {
 	if err := os.WriteFile(cfg, []byte(containerdConfig()), 0o600); err != nil {
 		h.t.Fatal(err)
 	}
-	p, err := startProc(filepath.Join(h.logs, "containerd.log"), "containerd", "--config", cfg)
+	p, err := cluster.StartDaemon("containerd", filepath.Join(h.logs, "containerd.log"), "containerd", "--config", cfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -172,7 +174,7 @@ func (h *host) startContainerd() {
 
 func (h *host) stopContainerd() {
 	if h.ctrd != nil {
-		h.ctrd.stop(20 * time.Second)
+		h.ctrd.Stop(20 * time.Second)
 		h.ctrd = nil
 	}
 }
@@ -269,53 +271,6 @@ func (h *host) runningTasks() ([]string, error) {
 	return ids, nil
 }
 
-// proc is a daemon of the node (containerd, the kubelet): its own process
-// group, output appended to a log. Not cluster.StartProcess: that stops its
-// process in a t.Cleanup of its own, which would run before teardown and
-// take containerd away from `kubeadm reset`.
-type proc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func startProc(logPath, path string, args ...string) (*proc, error) {
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fmt.Fprintf(f, "\n===== %s: %s %s\n", time.Now().Format(time.RFC3339Nano), path, strings.Join(args, " "))
-	cmd := exec.Command(path, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", path, err)
-	}
-	p := &proc{cmd: cmd, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(p.done) }()
-	return p, nil
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM to the group, then SIGKILL after grace, and waits.
-func (p *proc) stop(grace time.Duration) {
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.done
-	}
-}
-
 // --- kubelet ---
 
 // supervisor runs the kubelet as kubeadm's systemd drop-in does
@@ -328,7 +283,7 @@ type supervisor struct {
 	stop    chan struct{}
 	done    chan struct{}
 	mu      sync.Mutex
-	current *proc
+	current *cluster.Process
 	starts  int
 }
 
@@ -355,7 +310,7 @@ func (s *supervisor) loop() {
 			}
 			continue
 		}
-		p, err := startProc(filepath.Join(s.h.logs, "kubelet.log"), filepath.Join(s.h.tools, "kubelet"), args...)
+		p, err := cluster.StartDaemon("kubelet", filepath.Join(s.h.logs, "kubelet.log"), filepath.Join(s.h.tools, "kubelet"), args...)
 		if err != nil {
 			s.h.t.Errorf("kubelet: %v", err)
 			return
@@ -363,10 +318,10 @@ func (s *supervisor) loop() {
 		s.mu.Lock()
 		s.current, s.starts = p, s.starts+1
 		s.mu.Unlock()
-		for !p.exited() {
+		for !p.Exited() {
 			select {
 			case <-s.stop:
-				p.stop(30 * time.Second)
+				p.Stop(30 * time.Second)
 				return
 			case <-time.After(500 * time.Millisecond):
 			}

@@ -97,6 +97,19 @@ func StartProcessEnv(t testing.TB, name, logPath string, env []string, path stri
 	return &Process{LogPath: logPath, p: p}
 }
 
+// StartDaemon starts path as StartProcess does (its own process group,
+// Pdeathsig, output appended to logPath) but leaves stopping it to the
+// caller: no t.Cleanup of its own, whose order against the caller's
+// cleanups would be wrong for a daemon that must outlive them (the node
+// test's containerd, which `kubeadm reset` needs at teardown).
+func StartDaemon(name, logPath, path string, args ...string) (*Process, error) {
+	p, err := startProc(name, logPath, path, args...)
+	if err != nil {
+		return nil, err
+	}
+	return &Process{LogPath: logPath, p: p}, nil
+}
+
 // Pid is the child's process id (and process group id).
 func (p *Process) Pid() int { return p.p.Pid() }
 
