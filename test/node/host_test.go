@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -53,6 +52,7 @@ type host struct {
 	logs          string
 	ctrd          *cluster.Process
 	kubelet       *supervisor
+	readme        installBlocks // README's install blocks, read once
 	// rotatedFrom and rotatedTo are docs/rotation.md's OLD and NEW.
 	rotatedFrom, rotatedTo string
 	cleanups               []func()
@@ -120,13 +120,33 @@ func (h *host) env() []string {
 	return append(env, "PATH="+h.pathDir+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "KUBECONFIG="+adminConf)
 }
 
+// ctr runs ctr against our containerd, in the kubelet's namespace; it
+// fails the test on error. tryCtr returns the error instead.
 func (h *host) ctr(d time.Duration, args ...string) string {
 	h.t.Helper()
-	return h.run(d, "ctr", append([]string{"--address", ctrdSock, "-n", ctrNS}, args...)...)
+	out, err := h.tryCtr(d, args...)
+	if err != nil {
+		h.t.Fatalf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func (h *host) tryCtr(d time.Duration, args ...string) (string, error) {
+	return h.try(d, "ctr", append([]string{"--address", ctrdSock, "-n", ctrNS}, args...)...)
 }
 
 func (h *host) kubectl(d time.Duration, args ...string) (string, error) {
-	return h.try(d, filepath.Join(h.tools, "kubectl"), append([]string{"--kubeconfig", adminConf}, args...)...)
+	return h.kubectlIn(d, "", args...)
+}
+
+// kubectlIn runs kubectl as root with admin.conf, stdin on its input.
+func (h *host) kubectlIn(d time.Duration, stdin string, args ...string) (string, error) {
+	ctx, cancel := h.ctx(d)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(h.tools, "kubectl"), append([]string{"--kubeconfig", adminConf}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 // --- containerd ---
@@ -157,19 +177,32 @@ state = %q
 
 func (h *host) startContainerd() {
 	h.t.Helper()
+	if err := h.tryStartContainerd(); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// tryStartContainerd starts containerd and waits up to 60 s for it to
+// serve; teardown uses it directly, as a Fatal there would skip the rest.
+func (h *host) tryStartContainerd() error {
 	cfg := filepath.Join(workRoot, "containerd.toml")
 	if err := os.WriteFile(cfg, []byte(containerdConfig()), 0o600); err != nil {
-		h.t.Fatal(err)
+		return err
 	}
 	p, err := cluster.StartDaemon("containerd", filepath.Join(h.logs, "containerd.log"), "containerd", "--config", cfg)
 	if err != nil {
-		h.t.Fatal(err)
+		return err
 	}
 	h.ctrd = p
-	waitUntil(h.t, 60*time.Second, "containerd serving", func() error {
-		_, err := h.try(5*time.Second, "ctr", "--address", ctrdSock, "version")
-		return err
-	})
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(time.Second) {
+		out, err := h.try(5*time.Second, "ctr", "--address", ctrdSock, "version")
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("containerd not serving within 60 s: %v: %s", err, out)
+		}
+	}
 }
 
 func (h *host) stopContainerd() {
@@ -208,22 +241,18 @@ type ctrContainer struct {
 // containerNamed returns the running container (a task in state RUNNING)
 // the kubelet started for the pod container name.
 func (h *host) containerNamed(name string) (ctrContainer, error) {
-	out, err := h.try(20*time.Second, "ctr", "--address", ctrdSock, "-n", ctrNS, "tasks", "ls")
+	ids, err := h.runningTasks()
 	if err != nil {
-		return ctrContainer{}, fmt.Errorf("ctr tasks ls: %v: %s", err, out)
+		return ctrContainer{}, err
 	}
-	for _, line := range strings.Split(out, "\n")[1:] {
-		f := strings.Fields(line)
-		if len(f) < 3 || f[2] != "RUNNING" {
-			continue
-		}
-		info, err := h.try(20*time.Second, "ctr", "--address", ctrdSock, "-n", ctrNS, "containers", "info", f[0])
+	for _, id := range ids {
+		info, err := h.tryCtr(20*time.Second, "containers", "info", id)
 		if err != nil {
 			continue // gone since
 		}
 		var c ctrContainer
 		if err := json.Unmarshal([]byte(info), &c); err != nil {
-			return ctrContainer{}, fmt.Errorf("ctr containers info %s: %w", f[0], err)
+			return ctrContainer{}, fmt.Errorf("ctr containers info %s: %w", id, err)
 		}
 		if c.Labels["io.kubernetes.container.name"] == name {
 			return c, nil
@@ -242,7 +271,7 @@ func (h *host) killAllTasks() {
 	}
 	h.t.Logf("killing %d running containerd tasks", len(ids))
 	for _, id := range ids {
-		if o, err := h.try(20*time.Second, "ctr", "--address", ctrdSock, "-n", ctrNS, "tasks", "kill", "-s", "SIGKILL", id); err != nil {
+		if o, err := h.tryCtr(20*time.Second, "tasks", "kill", "-s", "SIGKILL", id); err != nil {
 			h.t.Logf("ctr tasks kill %s: %v: %s", id, err, o)
 		}
 	}
@@ -258,7 +287,7 @@ func (h *host) killAllTasks() {
 
 // runningTasks lists the ids of tasks in state RUNNING.
 func (h *host) runningTasks() ([]string, error) {
-	out, err := h.try(20*time.Second, "ctr", "--address", ctrdSock, "-n", ctrNS, "tasks", "ls")
+	out, err := h.tryCtr(20*time.Second, "tasks", "ls")
 	if err != nil {
 		return nil, fmt.Errorf("ctr tasks ls: %v: %s", err, out)
 	}
@@ -279,12 +308,9 @@ func (h *host) runningTasks() ([]string, error) {
 // it 2 s after it exits (the unit's Restart=always), starting it once
 // /var/lib/kubelet/config.yaml exists. This machine has no systemd.
 type supervisor struct {
-	h       *host
-	stop    chan struct{}
-	done    chan struct{}
-	mu      sync.Mutex
-	current *cluster.Process
-	starts  int
+	h    *host
+	stop chan struct{}
+	done chan struct{}
 }
 
 func (h *host) startKubelet() {
@@ -315,9 +341,6 @@ func (s *supervisor) loop() {
 			s.h.t.Errorf("kubelet: %v", err)
 			return
 		}
-		s.mu.Lock()
-		s.current, s.starts = p, s.starts+1
-		s.mu.Unlock()
 		for !p.Exited() {
 			select {
 			case <-s.stop:
@@ -384,8 +407,10 @@ func (h *host) teardown() {
 		}
 	}
 	h.stopKubelet()
-	if h.ctrd == nil {
-		h.startContainerdQuiet()
+	if _, err := os.Stat(filepath.Join(workRoot, "containerd.toml")); err == nil && h.ctrd == nil {
+		if err := h.tryStartContainerd(); err != nil { // kubeadm reset removes the pods through it
+			t.Errorf("cleanup: %v", err)
+		}
 	}
 	out, err := h.try(3*time.Minute, filepath.Join(h.tools, "kubeadm"), "reset", "-f", "--cri-socket", criSocket)
 	if err != nil {
@@ -409,13 +434,6 @@ func (h *host) teardown() {
 	}
 	for _, f := range h.cleanups {
 		f()
-	}
-}
-
-func (h *host) startContainerdQuiet() {
-	defer func() { _ = recover() }()
-	if _, err := os.Stat(filepath.Join(workRoot, "containerd.toml")); err == nil {
-		h.startContainerd()
 	}
 }
 

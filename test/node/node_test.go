@@ -89,7 +89,7 @@ func TestNode(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	readme := readmeInstallBlocks(t, filepath.Join(h.repo, "README.md"))
+	readme := h.readme
 	step("README step 2: directories and the keyset, as uid 65532")
 	h.sh(time.Minute, readme.tmpfiles)
 	h.sh(time.Minute, readme.keysInit)
@@ -168,6 +168,7 @@ func newHost(t *testing.T) *host {
 		tools:         filepath.Join(repo, "test", "e2e", "tools", "bin"),
 		kwImage:       os.Getenv("KEYWARDEN_NODE_IMAGE"),
 		kwImagePKCS11: os.Getenv("KEYWARDEN_NODE_IMAGE_PKCS11"),
+		readme:        readmeInstallBlocks(t, filepath.Join(repo, "README.md")),
 	}
 	var missing []string
 	for _, p := range []string{"kubelet", "kubeadm", "kubectl", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "etcdctl", "pause"} {
@@ -255,17 +256,20 @@ func (h *host) buildImages() string {
 	bin := func(name string) nodeimages.File {
 		return nodeimages.File{Path: "/usr/local/bin/" + name, Src: filepath.Join(h.tools, name)}
 	}
-	specs := []nodeimages.Spec{
-		{Ref: "registry.k8s.io/kube-apiserver:" + k8sVersion, Files: []nodeimages.File{bin("kube-apiserver")}},
-		{Ref: "registry.k8s.io/kube-controller-manager:" + k8sVersion, Files: []nodeimages.File{bin("kube-controller-manager")}},
-		{Ref: "registry.k8s.io/kube-scheduler:" + k8sVersion, Files: []nodeimages.File{bin("kube-scheduler")}},
-		{Ref: etcdImage, Files: []nodeimages.File{bin("etcd"), bin("etcdctl")}},
-		{Ref: pauseImage, Files: []nodeimages.File{{Path: "/pause", Src: filepath.Join(h.tools, "pause")}}, Entrypoint: []string{"/pause"}, User: "65535:65535"},
-	}
-	for i := range specs {
-		if i < 4 { // the control plane's images keep their binaries' users: root
-			specs[i].Files = append(specs[i].Files, nodeimages.Passwd()...)
+	// The control plane's images run as root, as upstream's do.
+	root := func(ref string, names ...string) nodeimages.Spec {
+		files := nodeimages.Passwd()
+		for _, n := range names {
+			files = append(files, bin(n))
 		}
+		return nodeimages.Spec{Ref: ref, Files: files}
+	}
+	specs := []nodeimages.Spec{
+		root("registry.k8s.io/kube-apiserver:"+k8sVersion, "kube-apiserver"),
+		root("registry.k8s.io/kube-controller-manager:"+k8sVersion, "kube-controller-manager"),
+		root("registry.k8s.io/kube-scheduler:"+k8sVersion, "kube-scheduler"),
+		root(etcdImage, "etcd", "etcdctl"),
+		{Ref: pauseImage, Files: []nodeimages.File{{Path: "/pause", Src: filepath.Join(h.tools, "pause")}}, Entrypoint: []string{"/pause"}, User: "65535:65535"},
 	}
 	archive := filepath.Join(workRoot, "images.tar")
 	if err := nodeimages.WriteArchive(archive, specs...); err != nil {
@@ -415,11 +419,7 @@ func (h *host) secretWorkflows(t *testing.T) []secret {
 	}
 	mustKubectl := func(stdin string, args ...string) {
 		t.Helper()
-		ctx, cancel := h.ctx(time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, filepath.Join(h.tools, "kubectl"), append([]string{"--kubeconfig", adminConf}, args...)...)
-		cmd.Stdin = strings.NewReader(stdin)
-		if out, err := cmd.CombinedOutput(); err != nil {
+		if out, err := h.kubectlIn(time.Minute, stdin, args...); err != nil {
 			t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
@@ -462,6 +462,32 @@ stringData:
 	}
 }
 
+// storedValue reads default/<name>'s raw value from etcd with etcdctl and
+// kubeadm's healthcheck-client pair (docs/install.md's check), exactly
+// (-w json: the bytes base64-encoded, no newline added).
+func (h *host) storedValue(t *testing.T, name string) ([]byte, bool) {
+	t.Helper()
+	out, err := h.try(time.Minute, filepath.Join(h.tools, "etcdctl"), "--endpoints=https://127.0.0.1:2379",
+		"--cacert=/etc/kubernetes/pki/etcd/ca.crt",
+		"--cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt",
+		"--key=/etc/kubernetes/pki/etcd/healthcheck-client.key",
+		"get", "/registry/secrets/default/"+name, "-w", "json")
+	if err != nil {
+		t.Errorf("etcdctl get %s: %v: %s", name, err, tailLines(out, 3))
+		return nil, false
+	}
+	var resp struct {
+		Kvs []struct {
+			Value []byte `json:"value"`
+		} `json:"kvs"`
+	}
+	if err := json.Unmarshal([]byte(out), &resp); err != nil || len(resp.Kvs) != 1 {
+		t.Errorf("etcdctl get %s: %v, %d values", name, err, len(resp.Kvs))
+		return nil, false
+	}
+	return resp.Kvs[0].Value, true
+}
+
 // checkReadBack reads each Secret through the apiserver, byte for byte.
 func (h *host) checkReadBack(t *testing.T, secrets []secret) {
 	t.Helper()
@@ -494,20 +520,15 @@ func (h *host) checkReadBack(t *testing.T, secrets []secret) {
 func (h *host) checkStored(t *testing.T, secrets []secret) {
 	t.Helper()
 	for _, s := range secrets {
-		out, err := h.try(time.Minute, filepath.Join(h.tools, "etcdctl"), "--endpoints=https://127.0.0.1:2379",
-			"--cacert=/etc/kubernetes/pki/etcd/ca.crt",
-			"--cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt",
-			"--key=/etc/kubernetes/pki/etcd/healthcheck-client.key",
-			"get", "/registry/secrets/default/"+s.name, "--print-value-only")
-		if err != nil {
-			t.Errorf("etcdctl get %s: %v\n%s", s.name, err, tailLines(out, 3))
+		val, ok := h.storedValue(t, s.name)
+		if !ok {
 			continue
 		}
-		if !strings.HasPrefix(out, "k8s:enc:kms:v2:keywarden:") {
-			t.Errorf("secret %s is stored as %q..., want k8s:enc:kms:v2:keywarden:", s.name, printable(out, 30))
+		if !bytes.HasPrefix(val, []byte("k8s:enc:kms:v2:keywarden:")) {
+			t.Errorf("secret %s is stored as %q..., want k8s:enc:kms:v2:keywarden:", s.name, printable(string(val), 30))
 		}
 		for k, v := range s.data {
-			if len(v) >= 8 && bytes.Contains([]byte(out), v) {
+			if len(v) >= 8 && bytes.Contains(val, v) {
 				t.Errorf("secret %s: the value of %s is in etcd in plaintext", s.name, k)
 			}
 		}
@@ -526,8 +547,48 @@ func (h *host) restartKeywarden(t *testing.T, secrets []secret) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A reader runs from the stop until keywarden is back and checked: reads
+	// go on from the apiserver's DEK cache while keywarden is down or starting.
+	stop, readerDone := make(chan struct{}), make(chan struct{})
+	var reads int
+	var readErrs []string
+	go func() {
+		defer close(readerDone)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if out, err := h.kubectl(20*time.Second, "get", "secret", secrets[0].name, "-o", "name"); err != nil {
+				readErrs = append(readErrs, fmt.Sprintf("%v: %s", err, strings.TrimSpace(out)))
+			}
+			reads++
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
 	h.ctr(time.Minute, "tasks", "kill", "-s", "SIGTERM", c.ID)
-	h.checkReadBack(t, secrets) // the apiserver's DEK cache serves reads meanwhile
+	waitUntil(t, time.Minute, "keywarden's stopped container gone", func() error {
+		ids, err := h.runningTasks()
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if id == c.ID {
+				return fmt.Errorf("task %s still running", id)
+			}
+		}
+		return nil
+	})
+	defer func() {
+		close(stop)
+		<-readerDone
+		if len(readErrs) > 0 || reads < 5 {
+			t.Errorf("reads while keywarden restarted: %d, failed %d: %v", reads, len(readErrs), readErrs)
+		} else {
+			t.Logf("%d reads while keywarden restarted, none failed", reads)
+		}
+	}()
 	waitUntil(t, 3*time.Minute, "keywarden restarted by the kubelet, Ready", func() error {
 		ps, err := h.pod(keywardenPod())
 		if err != nil {
@@ -567,8 +628,7 @@ func (h *host) reboot(t *testing.T) {
 	if l := h.leftovers(); len(l) > 0 {
 		t.Fatalf("still running after the power cut:\n%s", strings.Join(l, "\n"))
 	}
-	readme := readmeInstallBlocks(t, filepath.Join(h.repo, "README.md"))
-	h.sh(time.Minute, readme.tmpfiles)
+	h.sh(time.Minute, h.readme.tmpfiles)
 	h.startContainerd()
 	h.startKubelet()
 }
@@ -701,25 +761,11 @@ func (h *host) waitWritesUnder(t *testing.T, keyID string) {
 // storedKeyID reads default/<name> from etcd and returns its KMS v2 key_id.
 func (h *host) storedKeyID(t *testing.T, name string) string {
 	t.Helper()
-	out, err := h.try(time.Minute, filepath.Join(h.tools, "etcdctl"), "--endpoints=https://127.0.0.1:2379",
-		"--cacert=/etc/kubernetes/pki/etcd/ca.crt",
-		"--cert=/etc/kubernetes/pki/apiserver-etcd-client.crt",
-		"--key=/etc/kubernetes/pki/apiserver-etcd-client.key",
-		"get", "/registry/secrets/default/"+name, "-w", "json")
-	if err != nil {
-		t.Errorf("etcdctl get %s: %v: %s", name, err, tailLines(out, 3))
+	val, ok := h.storedValue(t, name)
+	if !ok {
 		return ""
 	}
-	var resp struct {
-		Kvs []struct {
-			Value []byte `json:"value"`
-		} `json:"kvs"`
-	}
-	if err := json.Unmarshal([]byte(out), &resp); err != nil || len(resp.Kvs) != 1 {
-		t.Errorf("etcdctl get %s: %v, %d values", name, err, len(resp.Kvs))
-		return ""
-	}
-	v := stored.Parse(resp.Kvs[0].Value)
+	v := stored.Parse(val)
 	if v.Object == nil {
 		return "(" + v.Label() + ")"
 	}
@@ -743,8 +789,7 @@ func (h *host) pkcs11Pod(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	readme := readmeInstallBlocks(t, filepath.Join(h.repo, "README.md"))
-	h.sh(time.Minute, readme.tmpfiles)
+	h.sh(time.Minute, h.readme.tmpfiles)
 	h.ctr(5*time.Minute, "images", "import", h.kwImagePKCS11)
 
 	var uri string
@@ -763,7 +808,7 @@ func (h *host) pkcs11Pod(t *testing.T) {
 	if err := os.WriteFile("/etc/kubernetes/manifests/keywarden.yaml", manifest, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h.sh(time.Minute, readme.encryptionConfig)
+	h.sh(time.Minute, h.readme.encryptionConfig)
 	h.startKubelet()
 	h.run(10*time.Minute, filepath.Join(h.tools, "kubeadm"), "init", "--config", h.kubeadmConfig(),
 		"--ignore-preflight-errors="+strings.Join(preflightIgnored, ","),
