@@ -117,7 +117,9 @@ func (h *host) env() []string {
 		}
 		env = append(env, kv)
 	}
-	return append(env, "PATH="+h.pathDir+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "KUBECONFIG="+adminConf)
+	// crictl's endpoint: a node's /etc/crictl.yaml would name it.
+	return append(env, "PATH="+h.pathDir+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "KUBECONFIG="+adminConf,
+		"CONTAINER_RUNTIME_ENDPOINT=unix://"+ctrdSock)
 }
 
 // ctr runs ctr against our containerd, in the kubelet's namespace; it
@@ -212,53 +214,87 @@ func (h *host) stopContainerd() {
 	}
 }
 
-// containers lists containerd's containers in the k8s.io namespace with
-// the kubelet's labels.
-type ctrContainer struct {
-	ID     string            `json:"ID"`
-	Labels map[string]string `json:"Labels"`
-	Spec   struct {
-		Process struct {
-			User struct {
-				UID uint32 `json:"uid"`
-				GID uint32 `json:"gid"`
-			} `json:"user"`
-			Capabilities struct {
-				Bounding    []string `json:"bounding"`
-				Effective   []string `json:"effective"`
-				Permitted   []string `json:"permitted"`
-				Inheritable []string `json:"inheritable"`
-				Ambient     []string `json:"ambient"`
-			} `json:"capabilities"`
-			NoNewPrivileges bool `json:"noNewPrivileges"`
-		} `json:"process"`
-		Root struct {
-			Readonly bool `json:"readonly"`
-		} `json:"root"`
-	} `json:"Spec"`
+// criContainer is what `crictl inspect` says of a container: the
+// kubelet's labels and, from containerd's CRI plugin, the OCI spec it ran.
+type criContainer struct {
+	Status struct {
+		ID     string            `json:"id"`
+		State  string            `json:"state"`
+		Labels map[string]string `json:"labels"`
+	} `json:"status"`
+	Info struct {
+		RuntimeSpec struct {
+			Process struct {
+				User struct {
+					UID uint32 `json:"uid"`
+					GID uint32 `json:"gid"`
+				} `json:"user"`
+				Capabilities struct {
+					Bounding    []string `json:"bounding"`
+					Effective   []string `json:"effective"`
+					Permitted   []string `json:"permitted"`
+					Inheritable []string `json:"inheritable"`
+					Ambient     []string `json:"ambient"`
+				} `json:"capabilities"`
+				NoNewPrivileges bool `json:"noNewPrivileges"`
+			} `json:"process"`
+			Root struct {
+				Readonly bool `json:"readonly"`
+			} `json:"root"`
+		} `json:"runtimeSpec"`
+	} `json:"info"`
 }
 
-// containerNamed returns the running container (a task in state RUNNING)
-// the kubelet started for the pod container name.
-func (h *host) containerNamed(name string) (ctrContainer, error) {
-	ids, err := h.runningTasks()
+// crictl runs crictl (cri-tools, test/e2e/tools/node-tools.sh) against our
+// containerd's CRI endpoint, as an operator runs it on a node; it fails the
+// test on error.
+func (h *host) crictl(d time.Duration, args ...string) string {
+	h.t.Helper()
+	out, err := h.tryCrictl(d, args...)
 	if err != nil {
-		return ctrContainer{}, err
+		h.t.Fatalf("crictl %s: %v", strings.Join(args, " "), err)
 	}
-	for _, id := range ids {
-		info, err := h.tryCtr(20*time.Second, "containers", "info", id)
-		if err != nil {
-			continue // gone since
-		}
-		var c ctrContainer
-		if err := json.Unmarshal([]byte(info), &c); err != nil {
-			return ctrContainer{}, fmt.Errorf("ctr containers info %s: %w", id, err)
-		}
-		if c.Labels["io.kubernetes.container.name"] == name {
-			return c, nil
-		}
+	return out
+}
+
+// tryCrictl returns crictl's stdout; its stderr goes into the error.
+func (h *host) tryCrictl(d time.Duration, args ...string) (string, error) {
+	ctx, cancel := h.ctx(d)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(h.tools, "crictl"), args...)
+	cmd.Env = h.env()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
 	}
-	return ctrContainer{}, fmt.Errorf("no running container %q", name)
+	return string(out), nil
+}
+
+// containerNamed returns the running container the kubelet started for
+// the pod container name, as `crictl ps` and `crictl inspect` see it.
+func (h *host) containerNamed(name string) (criContainer, error) {
+	out, err := h.tryCrictl(20*time.Second, "ps", "--state", "Running", "--name", "^"+name+"$", "-q")
+	if err != nil {
+		return criContainer{}, fmt.Errorf("crictl ps --name %s: %w", name, err)
+	}
+	ids := strings.Fields(out)
+	if len(ids) != 1 {
+		return criContainer{}, fmt.Errorf("crictl ps: %d running containers named %q, want 1", len(ids), name)
+	}
+	info, err := h.tryCrictl(20*time.Second, "inspect", ids[0])
+	if err != nil {
+		return criContainer{}, fmt.Errorf("crictl inspect %s: %w", ids[0], err)
+	}
+	var c criContainer
+	if err := json.Unmarshal([]byte(info), &c); err != nil {
+		return criContainer{}, fmt.Errorf("crictl inspect %s: %w", ids[0], err)
+	}
+	if got := c.Status.Labels["io.kubernetes.container.name"]; got != name || c.Status.State != "CONTAINER_RUNNING" {
+		return criContainer{}, fmt.Errorf("crictl inspect %s: container %q in state %s, want %q running", ids[0], got, c.Status.State, name)
+	}
+	return c, nil
 }
 
 // killAllTasks SIGKILLs every task in the k8s.io namespace, as a power cut

@@ -171,7 +171,7 @@ func newHost(t *testing.T) *host {
 		readme:        readmeInstallBlocks(t, filepath.Join(repo, "README.md")),
 	}
 	var missing []string
-	for _, p := range []string{"kubelet", "kubeadm", "kubectl", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "etcdctl", "pause"} {
+	for _, p := range []string{"kubelet", "kubeadm", "kubectl", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "etcdctl", "pause", "crictl"} {
 		if _, err := os.Stat(filepath.Join(h.tools, p)); err != nil {
 			missing = append(missing, filepath.Join("test/e2e/tools/bin", p)+" (make e2e-tools node-tools)")
 		}
@@ -225,6 +225,7 @@ func newHost(t *testing.T) *host {
 		"kubeadm": filepath.Join(h.tools, "kubeadm"),
 		"kubelet": filepath.Join(h.tools, "kubelet"),
 		"etcdctl": filepath.Join(h.tools, "etcdctl"),
+		"crictl":  filepath.Join(h.tools, "crictl"),
 	}
 	for n, src := range links {
 		if err := os.Symlink(src, filepath.Join(h.pathDir, n)); err != nil {
@@ -334,7 +335,7 @@ func (h *host) checkContainer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sp := c.Spec
+	sp := c.Info.RuntimeSpec
 	if sp.Process.User.UID != 65532 || sp.Process.User.GID != 65532 {
 		t.Errorf("keywarden runs as %d:%d, want 65532:65532", sp.Process.User.UID, sp.Process.User.GID)
 	}
@@ -351,6 +352,27 @@ func (h *host) checkContainer(t *testing.T) {
 	waitUntil(t, 2*time.Minute, "keywarden's pod Ready (its probes passing)", func() error {
 		return h.podReady(keywardenPod())
 	})
+	h.readmeCrictlPs(t)
+}
+
+// readmeCrictlPs runs README's "check that both settle" command as README
+// spells it (`crictl ps --name 'keywarden|kube-apiserver'`): both must be
+// listed Running.
+func (h *host) readmeCrictlPs(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join(h.repo, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := regexp.MustCompile("`(crictl ps --name '[^'`]+')`").FindSubmatch(readme)
+	if cmd == nil {
+		t.Fatal("README.md: no `crictl ps --name '…'` command to check the pods settle")
+	}
+	out := h.sh(time.Minute, string(cmd[1]))
+	for _, name := range []string{"keywarden", "kube-apiserver"} {
+		if !regexp.MustCompile(`(?m)\sRunning\s+` + name + `\s`).MatchString(out) {
+			t.Errorf("README's %s: no running %s:\n%s", cmd[1], name, out)
+		}
+	}
 }
 
 func keywardenPod() string {
@@ -535,8 +557,8 @@ func (h *host) checkStored(t *testing.T, secrets []secret) {
 	}
 }
 
-// restartKeywarden stops keywarden's container as `crictl stop` does
-// (SIGTERM; the kubelet restarts it), checks reads go on meanwhile, and
+// restartKeywarden stops keywarden's container with `crictl stop` (the
+// kubelet restarts it), checks reads go on meanwhile, and
 // waits for the restart and for kms-providers.
 func (h *host) restartKeywarden(t *testing.T, secrets []secret) {
 	c, err := h.containerNamed("keywarden")
@@ -567,19 +589,9 @@ func (h *host) restartKeywarden(t *testing.T, secrets []secret) {
 			time.Sleep(200 * time.Millisecond)
 		}
 	}()
-	h.ctr(time.Minute, "tasks", "kill", "-s", "SIGTERM", c.ID)
-	waitUntil(t, time.Minute, "keywarden's stopped container gone", func() error {
-		ids, err := h.runningTasks()
-		if err != nil {
-			return err
-		}
-		for _, id := range ids {
-			if id == c.ID {
-				return fmt.Errorf("task %s still running", id)
-			}
-		}
-		return nil
-	})
+	// crictl stop returns once the container has exited (SIGTERM, then
+	// SIGKILL after the timeout; keywarden stops on SIGTERM well before).
+	h.crictl(time.Minute, "stop", "--timeout", "30", c.Status.ID)
 	defer func() {
 		close(stop)
 		<-readerDone

@@ -3,9 +3,12 @@
 # control plane, from the same pins (this folder's go.mod / go.sum):
 #   kubelet, kube-scheduler (k8s.io/kubernetes v1.37.2, CGO_ENABLED=0)
 #   pause                   (upstream build/pause/linux/pause.c, gcc -static)
+#   crictl                  (sigs.k8s.io/cri-tools v1.37.0, from crictl/go.mod:
+#                            its own module, so its newer grpc and friends do
+#                            not move the control plane's pins)
 # into test/e2e/tools/bin/. Cached like build.sh's binaries, under
 #   ${KEYWARDEN_TOOLS_CACHE:-$HOME/.cache/keywarden/e2e-tools}/node-<key>/
-# where <key> is the sha256 of go.mod, go.sum and this script.
+# where <key> is the sha256 of both modules' go.mod and go.sum and this script.
 # A separate script (not a longer list in build.sh) so adding the node tools
 # did not invalidate the control plane's cache.
 set -euo pipefail
@@ -20,7 +23,8 @@ GO_TOOLS=(
 	"kubelet:k8s.io/kubernetes/cmd/kubelet"
 	"kube-scheduler:k8s.io/kubernetes/cmd/kube-scheduler"
 )
-NAMES=(kubelet kube-scheduler pause)
+CRICTL_VERSION=v1.37.0
+NAMES=(kubelet kube-scheduler pause crictl)
 
 log() { echo "node-tools: $*"; }
 
@@ -30,7 +34,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 	ldflags+=" -X ${pkg}.gitMinor=${K8S_MINOR} -X ${pkg}.gitTreeState=clean"
 done
 
-key="$(cat go.mod go.sum node-tools.sh | sha256sum | cut -c1-64)"
+key="$(cat go.mod go.sum crictl/go.mod crictl/go.sum node-tools.sh | sha256sum | cut -c1-64)"
 cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
 cache_dir="${cache_root}/node-${key}"
 bin="${here}/bin"
@@ -46,7 +50,9 @@ check() {
 	done
 	out="$("$bin/pause" -v 2>&1 || true)"
 	[[ "$out" == pause* ]] || { log "pause -v: '$out'"; return 1; }
-	log "ok: kubelet, kube-scheduler ${K8S_VERSION} and pause in ${bin}"
+	out="$("$bin/crictl" --version)"
+	[[ "$out" == "crictl version ${CRICTL_VERSION}" ]] || { log "crictl --version: '$out', want ${CRICTL_VERSION}"; return 1; }
+	log "ok: kubelet, kube-scheduler ${K8S_VERSION}, pause and crictl ${CRICTL_VERSION} in ${bin}"
 }
 
 install_from() {
@@ -83,6 +89,11 @@ src="$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
 log "building pause (${src#"$(go env GOMODCACHE)/"})"
 gcc -Os -static -Wall -Werror -DVERSION="${K8S_VERSION}-keywarden" -o "$out/pause" "$src"
 strip "$out/pause"
+log "building crictl (sigs.k8s.io/cri-tools ${CRICTL_VERSION})"
+start=$SECONDS
+(cd crictl && go build -trimpath -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=${CRICTL_VERSION}" \
+	-o "$out/crictl" sigs.k8s.io/cri-tools/cmd/crictl)
+log "built crictl in $((SECONDS - start))s"
 
 install_from "$out"
 check
