@@ -313,7 +313,9 @@ func (s *Service) decrypt(ctx context.Context, req *service.DecryptRequest) ([]b
 	if len(req.KeyID) == 0 || len(req.KeyID) > envelope.MaxKeyID {
 		return nil, fmt.Errorf("%w: key_id is %d bytes, want 1..%d", errInvalidRequest, len(req.KeyID), envelope.MaxKeyID)
 	}
-	if err := envelope.Check(req.Ciphertext); err != nil {
+	// Checked before any keystore call, and only once.
+	ct, err := envelope.Parse(req.Ciphertext)
+	if err != nil {
 		return nil, err
 	}
 	ann, err := kekAnnotation(req.Annotations)
@@ -324,7 +326,7 @@ func (s *Service) decrypt(ctx context.Context, req *service.DecryptRequest) ([]b
 	if err != nil {
 		return nil, err
 	}
-	return envelope.Open(k.aead, req.Ciphertext, k.aad)
+	return ct.Open(k.aead, k.aad)
 }
 
 // kekAnnotation returns our one annotation. Anything else is refused: we
@@ -347,28 +349,25 @@ func kekAnnotation(anns map[string][]byte) ([]byte, error) {
 // kekFor returns the unwrapped local KEK for an annotation: from the cache,
 // or through one keystore call shared by every concurrent caller.
 func (s *Service) kekFor(ctx context.Context, ann []byte, keyID string) (*kek, error) {
-	// Most Decrypts are of recent writes: try the current KEK first, with
-	// neither the cache's lock nor a string copy of the annotation.
-	if k := s.cur.Load(); k != nil && bytes.Equal(k.annotation, ann) {
-		if k.rootKeyID != keyID {
-			return nil, fmt.Errorf("%w: key_id does not match the wrapped KEK", errInvalidRequest)
+	k := s.cachedKEK(ann)
+	var (
+		rootID string
+		rootCT []byte
+	)
+	if k != nil {
+		rootID = k.rootKeyID // decoded from ann when k was made
+	} else {
+		var err error
+		if rootID, rootCT, err = envelope.DecodeKEK(ann); err != nil {
+			return nil, err
 		}
-		s.cfg.Metrics.CacheHit()
-		return k, nil
-	}
-	if k, ok := s.cache.Get(string(ann)); ok {
-		if k.rootKeyID != keyID {
-			return nil, fmt.Errorf("%w: key_id does not match the wrapped KEK", errInvalidRequest)
-		}
-		s.cfg.Metrics.CacheHit()
-		return k, nil
-	}
-	rootID, rootCT, err := envelope.DecodeKEK(ann)
-	if err != nil {
-		return nil, err
 	}
 	if rootID != keyID {
 		return nil, fmt.Errorf("%w: key_id does not match the wrapped KEK", errInvalidRequest)
+	}
+	if k != nil {
+		s.cfg.Metrics.CacheHit()
+		return k, nil
 	}
 	key := string(ann)
 	if r, ok := s.negative.Get(key); ok {
@@ -426,6 +425,20 @@ func (s *Service) kekFor(ctx context.Context, ann []byte, keyID string) (*kek, e
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// cachedKEK returns the unwrapped local KEK for an annotation if it is in
+// memory, or nil.
+func (s *Service) cachedKEK(ann []byte) *kek {
+	// Most Decrypts are of recent writes: try the current KEK first, with
+	// neither the cache's lock nor a string copy of the annotation.
+	if k := s.cur.Load(); k != nil && bytes.Equal(k.annotation, ann) {
+		return k
+	}
+	if k, ok := s.cache.Get(string(ann)); ok {
+		return k
+	}
+	return nil
 }
 
 // lasting reports whether the keystore's refusal will hold for a while:

@@ -115,16 +115,40 @@ func Check(ct []byte) error {
 	return nil
 }
 
-// Open checks and decrypts ct.
-func Open(aead cipher.AEAD, ct, aad []byte) ([]byte, error) {
+// Ciphertext is a ciphertext whose version and length Parse checked; nothing
+// in it is authenticated until Open.
+type Ciphertext struct {
+	nonce, sealed []byte
+}
+
+// Parse checks ct as Check does and keeps it for Open, so that a caller who
+// must check before any keystore call does not check again to decrypt.
+func Parse(ct []byte) (Ciphertext, error) {
 	if err := Check(ct); err != nil {
-		return nil, err
+		return Ciphertext{}, err
 	}
-	pt, err := aead.Open(nil, ct[1:1+NonceSize], ct[1+NonceSize:], aad)
+	return Ciphertext{nonce: ct[1 : 1+NonceSize], sealed: ct[1+NonceSize:]}, nil
+}
+
+// Open decrypts c. The zero Ciphertext (not from Parse) never opens.
+func (c Ciphertext) Open(aead cipher.AEAD, aad []byte) ([]byte, error) {
+	if len(c.nonce) != NonceSize {
+		return nil, fmt.Errorf("%w: ciphertext was not parsed", ErrMalformed)
+	}
+	pt, err := aead.Open(nil, c.nonce, c.sealed, aad)
 	if err != nil {
 		return nil, ErrAuthFailed
 	}
 	return pt, nil
+}
+
+// Open checks and decrypts ct.
+func Open(aead cipher.AEAD, ct, aad []byte) ([]byte, error) {
+	c, err := Parse(ct)
+	if err != nil {
+		return nil, err
+	}
+	return c.Open(aead, aad)
 }
 
 // EncodeKEK encodes a wrapped local KEK for the annotation.

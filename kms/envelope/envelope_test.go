@@ -62,6 +62,25 @@ func TestSealOpen(t *testing.T) {
 	}
 }
 
+// A parsed ciphertext opens as Open does; the zero one never opens.
+func TestParseOpen(t *testing.T) {
+	kek, ct, aad, pt := sealed(t)
+	a, _ := NewAEAD(kek)
+	c, err := Parse(ct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.Open(a, aad); err != nil || !bytes.Equal(got, pt) {
+		t.Fatalf("Parse then Open: %x, %v", got, err)
+	}
+	if _, err := c.Open(a, append(bytes.Clone(aad), 0)); !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("Open with other AAD: got %v, want ErrAuthFailed", err)
+	}
+	if _, err := (Ciphertext{}).Open(a, aad); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("zero Ciphertext: got %v, want ErrMalformed", err)
+	}
+}
+
 func TestSealBounds(t *testing.T) {
 	a, _ := NewAEAD(newKEK(t))
 	for _, n := range []int{0, MaxPlaintext + 1, 4 << 20} {
@@ -123,6 +142,10 @@ func TestCheck(t *testing.T) {
 			err := Check(tc.ct)
 			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
 				t.Fatalf("Check: got %v, want %v", err, tc.want)
+			}
+			// Parse checks exactly as Check does.
+			if _, perr := Parse(tc.ct); (perr == nil) != (err == nil) || err != nil && perr.Error() != err.Error() {
+				t.Fatalf("Parse: got %v, Check got %v", perr, err)
 			}
 		})
 	}
