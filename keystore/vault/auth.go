@@ -117,7 +117,7 @@ func (t *tokens) loginLocked(ctx context.Context) error {
 	}
 	s, err := t.api.Login(ctx, "auth/"+t.cfg.authMount+"/login", data)
 	if err != nil {
-		return classify("login", err)
+		return classifyLogin(err)
 	}
 	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
 		return fmt.Errorf("%w: vault %s login returned no token", keystore.ErrPermission, t.cfg.auth)

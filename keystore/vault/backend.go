@@ -472,18 +472,17 @@ func parseMeta(d map[string]any) (*keyMeta, error) {
 // idempotent, retries by error class. A refused token is replaced (token file
 // re-read, or a new login) and the call tried once more.
 func (b *Backend) call(ctx context.Context, idempotent bool, op string, f func(ctx context.Context) error) error {
+	// ensure's errors already carry a class (or are the context's), so
+	// Call passes them through; f's go through classify.
 	attempt := func(actx context.Context) error {
 		if err := b.tok.ensure(actx); err != nil {
 			return err
 		}
-		if err := f(actx); err != nil {
-			return classify(op, err)
-		}
-		return nil
+		return f(actx)
 	}
-	err := b.retry.Run(ctx, idempotent, attempt)
+	err := b.retry.Call(ctx, idempotent, classify, attempt)
 	if errors.Is(err, keystore.ErrPermission) && ctx.Err() == nil && b.tok.denied(ctx) {
-		err = b.retry.Run(ctx, idempotent, attempt)
+		err = b.retry.Call(ctx, idempotent, classify, attempt)
 	}
 	if err != nil {
 		return fmt.Errorf("vault %s %s/%s: %w", op, b.cfg.mount, b.cfg.name, err)
@@ -491,8 +490,15 @@ func (b *Backend) call(ctx context.Context, idempotent bool, op string, f func(c
 	return nil
 }
 
-// classify sorts a Vault client error into keystore's classes.
-func classify(op string, err error) error {
+// classify sorts a Vault client error into keystore's classes. It has the
+// signature of its siblings' (awskms, gcpkms, azurekv), for remote.Retry.Call.
+func classify(err error) error { return sortError(err, false) }
+
+// classifyLogin is classify for a login, where a 400 is Vault refusing our
+// credentials (AppRole: "invalid role or secret ID").
+func classifyLogin(err error) error { return sortError(err, true) }
+
+func sortError(err error, login bool) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
@@ -503,8 +509,8 @@ func classify(op string, err error) error {
 		switch c := re.StatusCode; c {
 		case http.StatusBadRequest:
 			switch {
-			case op == "login":
-				class = keystore.ErrPermission // approle: "invalid role or secret ID"
+			case login:
+				class = keystore.ErrPermission
 			case strings.Contains(msg, "too old"):
 				class = keystore.ErrKeyDisabled
 			case strings.Contains(msg, "version is too new"), strings.Contains(msg, "key not found"), strings.Contains(msg, "no such key version"):
