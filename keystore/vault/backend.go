@@ -344,7 +344,7 @@ func (b *Backend) decrypt(ctx context.Context, v int, raw, aad []byte) ([]byte, 
 	p64, _ := s.Data["plaintext"].(string)
 	pt, err := base64.StdEncoding.DecodeString(p64)
 	if err != nil {
-		return nil, fmt.Errorf("vault decrypt returned malformed plaintext encoding")
+		return nil, fmt.Errorf("%w: vault decrypt returned malformed plaintext encoding", keystore.ErrUnavailable)
 	}
 	return pt, nil
 }
@@ -354,7 +354,9 @@ func formatCiphertext(v int, raw []byte) string {
 	return "vault:v" + strconv.Itoa(v) + ":" + base64.StdEncoding.EncodeToString(raw)
 }
 
-// parseCiphertext splits Transit's "vault:v<n>:<base64>".
+// parseCiphertext splits Transit's "vault:v<n>:<base64>". It reads Vault's
+// answer to encrypt, so a malformed one is the keystore failing, as an
+// encrypt that returns no data is: ErrUnavailable.
 func parseCiphertext(s string) (int, []byte, error) {
 	rest, ok := strings.CutPrefix(s, "vault:v")
 	vs, b64, ok2 := strings.Cut(rest, ":")
@@ -362,7 +364,7 @@ func parseCiphertext(s string) (int, []byte, error) {
 	// Only the one form Vault writes (and formatCiphertext writes back):
 	// no "v01" or "v+1", no line breaks or stray bits in the base64.
 	if !ok || !ok2 || err != nil || v < 1 || vs != strconv.Itoa(v) {
-		return 0, nil, errors.New("vault encrypt returned a ciphertext not of the form vault:v<n>:<base64>")
+		return 0, nil, fmt.Errorf("%w: vault encrypt returned a ciphertext not of the form vault:v<n>:<base64>", keystore.ErrUnavailable)
 	}
 	raw, err := base64.StdEncoding.DecodeString(b64)
 	if err == nil && base64.StdEncoding.EncodeToString(raw) != b64 {
@@ -371,7 +373,7 @@ func parseCiphertext(s string) (int, []byte, error) {
 	// Unwrap refuses what is outside these bounds: a larger answer
 	// accepted here would wrap a KEK that never unwraps.
 	if err != nil || len(raw) < minCiphertext || len(raw) > maxCiphertext {
-		return 0, nil, errors.New("vault encrypt returned a malformed ciphertext")
+		return 0, nil, fmt.Errorf("%w: vault encrypt returned a malformed ciphertext", keystore.ErrUnavailable)
 	}
 	return v, raw, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/api"
 
@@ -48,6 +49,43 @@ func TestClassify(t *testing.T) {
 		got := f(resp(418, "teapot"))
 		if got == nil || !strings.Contains(got.Error(), "HTTP 418") || errors.Is(got, keystore.ErrUnavailable) || errors.Is(got, keystore.ErrInvalid) {
 			t.Errorf("HTTP 418: got %v", got)
+		}
+	}
+}
+
+// garbledTransit answers encrypt with something that is not a Transit
+// ciphertext.
+type garbledTransit struct {
+	*fakeTransit
+	ciphertext string
+}
+
+func (g garbledTransit) Write(ctx context.Context, path string, data map[string]any) (*api.Secret, error) {
+	if strings.Contains(path, "/encrypt/") {
+		return &api.Secret{Data: map[string]any{"ciphertext": g.ciphertext}}, nil
+	}
+	return g.fakeTransit.Write(ctx, path, data)
+}
+
+// A malformed answer to encrypt is the keystore failing: ErrUnavailable,
+// which kms answers as Unavailable, not a bare error (Internal).
+func TestMalformedCiphertextClassified(t *testing.T) {
+	ctx := context.Background()
+	cfg, err := parseURI("hcvault://127.0.0.1:8200/transit/keys/kw?tls=off&token-file=" + writeToken(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ct := range []string{"", "vault:v1:!!!!", "vault:v0:AAAA", "vault:v1:" + strings.Repeat("A", 8)} {
+		f := &fakeTransit{created: map[int]int64{1: 1_700_000_000}, latest: 1}
+		b := newBackend(cfg, garbledTransit{f, ct}, time.Now)
+		if err := b.meta.Prime(ctx, b.fetch); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Wrap(ctx, []byte("k"), nil); !errors.Is(err, keystore.ErrUnavailable) {
+			t.Errorf("Wrap answered with %q: got %v, want ErrUnavailable", ct, err)
+		}
+		if _, err := b.fetchAndProbe(ctx); !errors.Is(err, keystore.ErrUnavailable) || !strings.Contains(err.Error(), "health probe") {
+			t.Errorf("KeyID's probe answered with %q: got %v, want a health probe ErrUnavailable", ct, err)
 		}
 	}
 }

@@ -1,18 +1,21 @@
 package vault
 
 import (
+	"errors"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/keywarden/keywarden/keystore"
 	"github.com/keywarden/keywarden/keystore/internal/remote/remotetest"
 )
 
-// FuzzParseCiphertext: Transit's answer to encrypt. No input panics, and
-// what parses is a version ≥ 1 and a ciphertext Unwrap will take, in the
-// one form formatCiphertext writes back to Vault.
+// FuzzParseCiphertext: Transit's answer to encrypt. No input panics, every
+// refusal is ErrUnavailable, and what parses is a version ≥ 1 and a
+// ciphertext Unwrap will take, in the one form formatCiphertext writes back
+// to Vault.
 func FuzzParseCiphertext(f *testing.F) {
 	raw := make([]byte, minCiphertext+32)
 	for _, s := range []string{
@@ -38,6 +41,9 @@ func FuzzParseCiphertext(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		v, raw, err := parseCiphertext(s)
 		if err != nil {
+			if !errors.Is(err, keystore.ErrUnavailable) {
+				t.Fatalf("%q: unclassified refusal %v", s, err)
+			}
 			return
 		}
 		if v < 1 {
