@@ -1,7 +1,6 @@
 package vault
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -31,13 +30,6 @@ var aeadTypes = map[string]bool{"aes256-gcm96": true, "aes128-gcm96": true, "cha
 const (
 	minCiphertext = 12 + 16
 	maxCiphertext = 16 << 10
-)
-
-// The health probe wraps and unwraps this fixed value on every metadata
-// refresh, so KeyID fails when encrypt or decrypt would.
-var (
-	probePlaintext = make([]byte, 32)
-	probeAAD       = []byte("keywarden health probe")
 )
 
 // vaultAPI is the part of the Vault client we use.
@@ -382,21 +374,25 @@ func (b *Backend) refreshMeta(ctx context.Context) (*keyMeta, error) {
 	return b.meta.Update(ctx, b.fetch)
 }
 
+// fetchAndProbe reads the key and probes encrypt and decrypt (remote.Probe),
+// so KeyID fails when Wrap or Unwrap would.
 func (b *Backend) fetchAndProbe(ctx context.Context) (*keyMeta, error) {
 	m, err := b.fetch(ctx)
 	if err != nil {
 		return nil, err
 	}
-	v, raw, err := b.encrypt(ctx, probePlaintext, probeAAD)
-	if err != nil {
-		return nil, fmt.Errorf("health probe: %w", err)
+	// The probe decrypts with the version encrypt used, as it came back in
+	// the ciphertext: not through Unwrap, which needs a key_id for it.
+	var v int
+	wrap := func(ctx context.Context, pt, aad []byte) (w keystore.Wrapped, err error) {
+		v, w.Ciphertext, err = b.encrypt(ctx, pt, aad)
+		return w, err
 	}
-	pt, err := b.decrypt(ctx, v, raw, probeAAD)
-	if err != nil {
-		return nil, fmt.Errorf("health probe: %w", err)
+	unwrap := func(ctx context.Context, w keystore.Wrapped, aad []byte) ([]byte, error) {
+		return b.decrypt(ctx, v, w.Ciphertext, aad)
 	}
-	if !bytes.Equal(pt, probePlaintext) {
-		return nil, errors.New("health probe: vault decrypt returned different bytes")
+	if err := remote.Probe(ctx, wrap, unwrap); err != nil {
+		return nil, err
 	}
 	if v > m.latest {
 		// Rotated between the read and the probe.
