@@ -245,7 +245,7 @@ func (b *Backend) wrap(ctx context.Context, c current, pt, aad []byte) (keystore
 		return keystore.Wrapped{}, fmt.Errorf("nonce: %w", err)
 	}
 	out := appendEnvelopeHead(make([]byte, 0, 4+len(wdk)+nonceSize+len(pt)+tagSize), c.alg, wdk, nonce)
-	out = gcm.Seal(out, nonce, pt, boundAAD(c.kid, aad))
+	out = gcm.Seal(out, nonce, pt, remote.BoundAAD(aadDomain, c.kid, aad))
 	return keystore.Wrapped{KeyID: c.kid, Ciphertext: out}, nil
 }
 
@@ -281,7 +281,7 @@ func (b *Backend) Unwrap(ctx context.Context, w keystore.Wrapped, aad []byte) ([
 	if err != nil {
 		return nil, err
 	}
-	pt, err := gcm.Open(nil, nonce, sealed, boundAAD(w.KeyID, aad))
+	pt, err := gcm.Open(nil, nonce, sealed, remote.BoundAAD(aadDomain, w.KeyID, aad))
 	if err != nil {
 		return nil, fmt.Errorf("%w: envelope authentication failed", keystore.ErrInvalid)
 	}
@@ -319,17 +319,6 @@ func parseEnvelope(ct []byte) (alg byte, wdk, nonce, sealed []byte, err error) {
 	nonce = ct[4+n : 4+n+nonceSize]
 	sealed = ct[4+n+nonceSize:]
 	return alg, wdk, nonce, sealed, nil
-}
-
-// boundAAD is the GCM associated data: a domain, the key_id and the
-// caller's AAD, each length-prefixed.
-func boundAAD(kid string, aad []byte) []byte {
-	out := make([]byte, 0, len(aadDomain)+len(kid)+len(aad)+12)
-	for _, part := range [][]byte{[]byte(aadDomain), []byte(kid), aad} {
-		out = binary.BigEndian.AppendUint32(out, uint32(len(part)))
-		out = append(out, part...)
-	}
-	return out
 }
 
 func newGCM(key []byte) (cipher.AEAD, error) {

@@ -21,7 +21,6 @@ package gcpkms
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"hash/crc32"
 	"regexp"
@@ -197,7 +196,7 @@ func (b *Backend) Wrap(ctx context.Context, pt, aad []byte) (keystore.Wrapped, e
 }
 
 func (b *Backend) encrypt(ctx context.Context, kid string, pt, aad []byte) (keystore.Wrapped, error) {
-	full := boundAAD(kid, aad)
+	full := remote.BoundAAD(aadDomain, kid, aad)
 	req := &kmspb.EncryptRequest{
 		Name:                              kid,
 		Plaintext:                         pt,
@@ -241,7 +240,7 @@ func (b *Backend) Unwrap(ctx context.Context, w keystore.Wrapped, aad []byte) ([
 	if n := len(w.Ciphertext); n == 0 || n > maxCiphertext {
 		return nil, fmt.Errorf("%w: cloud kms ciphertext is %d bytes, want 1..%d", keystore.ErrInvalid, n, maxCiphertext)
 	}
-	full := boundAAD(w.KeyID, aad)
+	full := remote.BoundAAD(aadDomain, w.KeyID, aad)
 	req := &kmspb.DecryptRequest{
 		Name:                              b.cfg.key,
 		Ciphertext:                        w.Ciphertext,
@@ -264,17 +263,6 @@ func (b *Backend) Unwrap(ctx context.Context, w keystore.Wrapped, aad []byte) ([
 		return nil, err
 	}
 	return resp.GetPlaintext(), nil
-}
-
-// boundAAD is what Cloud KMS authenticates: a domain, the version name and
-// our AAD, each length-prefixed, so no two (version, aad) pairs collide.
-func boundAAD(kid string, aad []byte) []byte {
-	out := make([]byte, 0, len(aadDomain)+len(kid)+len(aad)+12)
-	for _, part := range [][]byte{[]byte(aadDomain), []byte(kid), aad} {
-		out = binary.BigEndian.AppendUint32(out, uint32(len(part)))
-		out = append(out, part...)
-	}
-	return out
 }
 
 func crc(b []byte) *wrapperspb.Int64Value {

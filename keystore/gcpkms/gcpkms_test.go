@@ -114,14 +114,6 @@ func TestParseURI(t *testing.T) {
 	}
 }
 
-func TestBoundAADUnambiguous(t *testing.T) {
-	a := boundAAD("k/cryptoKeyVersions/1", []byte("2x"))
-	b := boundAAD("k/cryptoKeyVersions/12", []byte("x"))
-	if bytes.Equal(a, b) {
-		t.Fatal("boundAAD is ambiguous")
-	}
-}
-
 // A new primary set outside keywarden (gcloud kms keys set-primary-version)
 // reaches KeyID at the next refresh.
 func TestExternalPrimaryChange(t *testing.T) {

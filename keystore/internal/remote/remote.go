@@ -1,8 +1,9 @@
 // Package remote holds what every network keystore backend (awskms, gcpkms,
 // azurekv, vault) does the same way: the URI options they share, per-attempt
 // timeouts, retries with backoff and full jitter for idempotent calls, the
-// error classes every keystore means the same way, and a TTL cache for the
-// key metadata that KeyID serves.
+// error classes every keystore means the same way, the health probe, the
+// associated data gcpkms and azurekv bind (BoundAAD), and a TTL cache for
+// the key metadata that KeyID serves.
 package remote
 
 import (
