@@ -23,12 +23,6 @@ import (
 const Name = "pkcs11"
 
 const (
-	// defaultSessions is the session pool size. Every Wrap/Unwrap holds one
-	// session for two library calls; a network HSM is latency-bound, so a few
-	// more sessions than cores keep it busy. Tokens that report a lower
-	// session limit get that limit instead.
-	defaultSessions = 16
-
 	// Ciphertext layout: format byte, IV, GCM ciphertext with its tag.
 	formatGCM byte = 0x01
 	ivSize         = 12
@@ -52,17 +46,13 @@ type Backend struct {
 	mod  *module
 	rand io.Reader
 	now  func() time.Time
-
-	sem  chan struct{} // one slot per open session, idle or in use
-	idle chan session
+	pool *pool
 
 	// loadMu serializes (re)loading the object list, so a burst of calls
 	// after a reset searches the token once.
 	loadMu sync.Mutex
 
 	mu          sync.Mutex
-	closed      bool
-	epoch       uint64 // bumped by reset; older sessions are closed on release
 	slot        uint
 	slotGen     uint64 // module generation slot was found in; 0: unknown
 	st          *state // nil: must (re)load
@@ -77,12 +67,6 @@ var (
 	_ keystore.Backend = (*Backend)(nil)
 	_ keystore.Manager = (*Backend)(nil)
 )
-
-type session struct {
-	h     p11.SessionHandle
-	gen   uint64 // module generation the handle belongs to
-	epoch uint64
-}
 
 // Open opens the token and root key that uri names. It fails with ErrConfig
 // if the token holds no keywarden root key under the label (create one with
@@ -123,14 +107,7 @@ func open(ctx context.Context, uri string) (*Backend, error) {
 		mod.release()
 		return nil, err
 	}
-	n := defaultSessions
-	for _, limit := range []uint{ti.MaxSessionCount, ti.MaxRwSessionCount} {
-		if limit != p11.CK_EFFECTIVELY_INFINITE && limit != p11.CK_UNAVAILABLE_INFORMATION && int(limit) < n {
-			n = max(int(limit), 1)
-		}
-	}
-	b.sem = make(chan struct{}, n)
-	b.idle = make(chan session, n)
+	b.pool = newPool(poolSize(ti), mod, b.openSession)
 	if err := b.checkMechanism(); err != nil {
 		_ = b.Close()
 		return nil, err
@@ -231,24 +208,9 @@ func (b *Backend) Name() string { return Name }
 // the last user of the module, finalizes it. It never logs out: the login
 // belongs to the whole process, and ends with its last session.
 func (b *Backend) Close() error {
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return nil
+	if b.pool.close() {
+		b.mod.release()
 	}
-	b.closed = true
-	b.mu.Unlock()
-	// Hold every pool slot: idle sessions are closed as they are found,
-	// and calls in flight close theirs on release once they see closed.
-	for held := 0; held < cap(b.sem); {
-		select {
-		case b.sem <- struct{}{}:
-			held++
-		case s := <-b.idle:
-			b.drop(s)
-		}
-	}
-	b.mod.release()
 	return nil
 }
 
@@ -438,7 +400,7 @@ func (b *Backend) run(ctx context.Context, fn func(s session, st *state) error) 
 			return cerr
 		}
 		var s session
-		s, err = b.acquire(ctx)
+		s, err = b.pool.acquire(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -448,7 +410,7 @@ func (b *Backend) run(ctx context.Context, fn func(s session, st *state) error) 
 			if st, err = b.ensureState(s); err == nil {
 				err = fn(s, st)
 			}
-			b.release(s, err)
+			b.pool.release(s, err)
 		}
 		if err == nil {
 			return nil
@@ -478,63 +440,17 @@ func (b *Backend) run(ctx context.Context, fn func(s session, st *state) error) 
 	return err
 }
 
-// acquire takes an idle session or opens a new one, waiting for a free slot
-// in the pool while ctx allows.
-func (b *Backend) acquire(ctx context.Context) (session, error) {
-	for {
-		select {
-		case s := <-b.idle:
-			if b.usable(s) {
-				return s, nil
-			}
-			b.drop(s)
-			continue
-		default:
-		}
-		select {
-		case s := <-b.idle:
-			if b.usable(s) {
-				return s, nil
-			}
-			b.drop(s)
-		case b.sem <- struct{}{}:
-			b.mu.Lock()
-			closed := b.closed
-			b.mu.Unlock()
-			if closed {
-				<-b.sem
-				return session{}, fmt.Errorf("%w: pkcs11 keystore is closed", keystore.ErrUnavailable)
-			}
-			s, err := b.openSession()
-			if err != nil {
-				<-b.sem
-				return session{}, err
-			}
-			return s, nil
-		case <-ctx.Done():
-			return session{}, ctx.Err()
-		}
-	}
-}
-
-// usable reports whether a pooled session may be handed out again.
-func (b *Backend) usable(s session) bool {
-	gen := b.mod.generation() // before b.mu: module lock first, never inside
+// openSession opens a read-write session on the token and logs in, for the
+// pool. The login is shared by every session of the process;
+// CKR_USER_ALREADY_LOGGED_IN is success. It returns the module generation
+// the handle belongs to.
+func (b *Backend) openSession() (p11.SessionHandle, uint64, error) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	return !b.closed && s.epoch == b.epoch && s.gen == gen
-}
-
-// openSession opens a read-write session on the token and logs in. The login
-// is shared by every session of the process; CKR_USER_ALREADY_LOGGED_IN is
-// success.
-func (b *Backend) openSession() (session, error) {
-	b.mu.Lock()
-	slot, slotGen, epoch := b.slot, b.slotGen, b.epoch
+	slot, slotGen := b.slot, b.slotGen
 	b.mu.Unlock()
 	if slotGen != b.mod.generation() {
 		if _, err := b.tokenInfo(); err != nil {
-			return session{}, err
+			return 0, 0, err
 		}
 		b.mu.Lock()
 		slot = b.slot
@@ -554,9 +470,9 @@ func (b *Backend) openSession() (session, error) {
 		return nil
 	})
 	if err != nil {
-		return session{}, classify("C_OpenSession", err)
+		return 0, 0, classify("C_OpenSession", err)
 	}
-	return session{h: h, gen: gen, epoch: epoch}, nil
+	return h, gen, nil
 }
 
 // login logs the process in as the token's user. PKCS#11 keeps one login
@@ -591,44 +507,18 @@ func (b *Backend) login(c *p11.Ctx, h p11.SessionHandle) error {
 	return err
 }
 
-// release returns s to the pool, or closes it if it failed or belongs to an
-// older epoch or module generation.
-func (b *Backend) release(s session, err error) {
-	if faultOf(err) == faultSession || !b.usable(s) {
-		b.drop(s)
-		return
-	}
-	b.idle <- s
-}
-
-func (b *Backend) drop(s session) {
-	b.closeSession(s)
-	<-b.sem
-}
-
-func (b *Backend) closeSession(s session) {
-	// A handle from an older module generation is already dead, and its
-	// number may now belong to someone else's session: callIn skips it.
-	_ = b.mod.callIn(s.gen, func(c *p11.Ctx) error { return c.CloseSession(s.h) })
-}
-
 // reset forgets every session, the slot and the object list, so the next
-// call finds the token again, logs in and searches its objects.
+// call finds the token again, logs in and searches its objects. The slot and
+// the object list are dropped before the pool's epoch moves on, so that a
+// session opened in the new epoch finds the token and reads its objects
+// again.
 func (b *Backend) reset() {
 	b.mu.Lock()
-	b.epoch++
 	b.st = nil
 	b.stamp++
 	b.slotGen = 0
 	b.mu.Unlock()
-	for {
-		select {
-		case s := <-b.idle:
-			b.drop(s)
-		default:
-			return
-		}
-	}
+	b.pool.reset()
 }
 
 // invalidate forgets the object list only.

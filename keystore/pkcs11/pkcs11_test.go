@@ -541,8 +541,8 @@ func TestSessionWaitHonoursContext(t *testing.T) {
 	b, _ := newBackend(t)
 	ctx := context.Background()
 	var held []session
-	for range cap(b.sem) {
-		s, err := b.acquire(ctx)
+	for range b.pool.size() {
+		s, err := b.pool.acquire(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -556,12 +556,12 @@ func TestSessionWaitHonoursContext(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { _, err := b.Wrap(ctx, kek, nil); done <- err }()
 	time.Sleep(20 * time.Millisecond)
-	b.release(held[0], nil)
+	b.pool.release(held[0], nil)
 	if err := <-done; err != nil {
 		t.Fatalf("Wrap once a session was free: %v", err)
 	}
 	for _, s := range held[1:] {
-		b.release(s, nil)
+		b.pool.release(s, nil)
 	}
 }
 
