@@ -5,12 +5,10 @@ package pkcs11
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -33,34 +31,33 @@ const (
 	// sizes before they reach the HSM.
 	maxPlaintext = 1024
 	maxAAD       = 16 << 10
-
-	// minMissRefresh bounds how often an Unwrap for an unknown key_id makes
-	// us search the token again.
-	minMissRefresh = time.Second
 )
 
 // Backend is a keystore.Backend whose root key versions live on a PKCS#11
 // token. It is safe for concurrent use.
+//
+// It composes the token (token.go: finding it, logging in), a session pool
+// (pool.go) and the list of root key objects read from the token
+// (objects.go); run retries an operation across the faults after which all
+// three start afresh.
 type Backend struct {
 	cfg  config
 	mod  *module
+	tok  *token
+	pool *pool
 	rand io.Reader
 	now  func() time.Time
-	pool *pool
 
 	// loadMu serializes (re)loading the object list, so a burst of calls
 	// after a reset searches the token once.
 	loadMu sync.Mutex
 
-	mu          sync.Mutex
-	slot        uint
-	slotGen     uint64 // module generation slot was found in; 0: unknown
-	st          *state // nil: must (re)load
-	stamp       uint64 // bumped whenever st is dropped
-	seenKeys    bool   // some load found root key versions
-	lastMiss    time.Time
-	rejectedPIN [sha256.Size]byte // hash of the last PIN the token refused
-	hasRejected bool
+	// mu guards the object list.
+	mu       sync.Mutex
+	st       *state // nil: must (re)load
+	stamp    uint64 // bumped whenever st is dropped
+	seenKeys bool   // some load found root key versions
+	lastMiss time.Time
 }
 
 var (
@@ -101,103 +98,18 @@ func open(ctx context.Context, uri string) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{cfg: cfg, mod: mod, rand: rand.Reader, now: time.Now}
-	ti, err := b.tokenInfo()
+	tok := &token{match: cfg.token, pin: cfg.pin, mod: mod}
+	ti, err := tok.find()
 	if err != nil {
 		mod.release()
 		return nil, err
 	}
-	b.pool = newPool(poolSize(ti), mod, b.openSession)
-	if err := b.checkMechanism(); err != nil {
+	b := &Backend{cfg: cfg, mod: mod, tok: tok, pool: newPool(poolSize(ti), mod, tok.openSession), rand: rand.Reader, now: time.Now}
+	if err := tok.checkMechanism(); err != nil {
 		_ = b.Close()
 		return nil, err
 	}
 	return b, nil
-}
-
-// tokenInfo finds the slot of the configured token and returns its info.
-func (b *Backend) tokenInfo() (p11.TokenInfo, error) {
-	var (
-		found   []uint
-		info    p11.TokenInfo
-		visible []string
-	)
-	gen, err := b.mod.call(func(c *p11.Ctx) error {
-		slots, err := c.GetSlotList(true)
-		if err != nil {
-			return err
-		}
-		for _, id := range slots {
-			if want := b.cfg.token.slotID; want != nil && id != *want {
-				continue
-			}
-			ti, err := c.GetTokenInfo(id)
-			if err != nil || ti.Flags&p11.CKF_TOKEN_INITIALIZED == 0 {
-				continue
-			}
-			if !b.cfg.token.matches(ti) {
-				if len(visible) < 8 {
-					visible = append(visible, fmt.Sprintf("%q (serial %s)", ti.Label, ti.SerialNumber))
-				}
-				continue
-			}
-			found = append(found, id)
-			info = ti
-		}
-		return nil
-	})
-	if err != nil {
-		return info, classify("C_GetSlotList", err)
-	}
-	switch len(found) {
-	case 0:
-		seen := "none"
-		if len(visible) > 0 {
-			seen = strings.Join(visible, ", ")
-		}
-		return info, sessionFault("find token", fmt.Errorf("no initialized token matches %s (tokens present: %s)", b.cfg.token, seen))
-	case 1:
-	default:
-		return info, fmt.Errorf("%w: %d tokens match %s; add serial= to the URI", keystore.ErrConfig, len(found), b.cfg.token)
-	}
-	b.mu.Lock()
-	b.slot, b.slotGen = found[0], gen
-	b.mu.Unlock()
-	return info, nil
-}
-
-func (m tokenMatch) matches(ti p11.TokenInfo) bool {
-	trim := func(s string) string { return strings.TrimRight(s, " \x00") }
-	return (m.label == "" || trim(ti.Label) == m.label) &&
-		(m.serial == "" || trim(ti.SerialNumber) == m.serial) &&
-		(m.manufacturer == "" || trim(ti.ManufacturerID) == m.manufacturer) &&
-		(m.model == "" || trim(ti.Model) == m.model)
-}
-
-// checkMechanism refuses a token without CKM_AES_GCM. There is no fallback:
-// AES key wrap (RFC 3394/5649) is deterministic and binds no associated data,
-// so it would change the contract rather than implement it.
-func (b *Backend) checkMechanism() error {
-	b.mu.Lock()
-	slot := b.slot
-	b.mu.Unlock()
-	var mi p11.MechanismInfo
-	_, err := b.mod.call(func(c *p11.Ctx) error {
-		var err error
-		mi, err = c.GetMechanismInfo(slot, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, nil)})
-		return err
-	})
-	var ck p11.Error
-	if errors.As(err, &ck) && ck == p11.CKR_MECHANISM_INVALID {
-		return fmt.Errorf("%w: token %s does not support CKM_AES_GCM, which keywarden needs (there is no fallback mechanism)", keystore.ErrConfig, b.cfg.token)
-	}
-	if err != nil {
-		return classify("C_GetMechanismInfo", err)
-	}
-	if mi.Flags&(p11.CKF_ENCRYPT|p11.CKF_DECRYPT) != p11.CKF_ENCRYPT|p11.CKF_DECRYPT {
-		return fmt.Errorf("%w: token %s cannot encrypt and decrypt with CKM_AES_GCM", keystore.ErrConfig, b.cfg.token)
-	}
-	return nil
 }
 
 // Name implements keystore.Backend.
@@ -330,7 +242,7 @@ func (b *Backend) Unwrap(ctx context.Context, w keystore.Wrapped, aad []byte) ([
 				return nil
 			}
 			err = classify("C_Decrypt", err)
-			if faultOf(err) == faultSession && b.tokenHealthy(c, s) {
+			if faultOf(err) == faultSession && b.tok.healthy(c, s.h) {
 				// SoftHSM (2.6) reports a failed GCM tag check as
 				// CKR_GENERAL_ERROR. If the token still answers, the
 				// failure was the ciphertext's, not the token's.
@@ -348,44 +260,6 @@ func (b *Backend) Unwrap(ctx context.Context, w keystore.Wrapped, aad []byte) ([
 		return nil, fmt.Errorf("%w: PKCS#11 module returned %d bytes of plaintext for %d bytes of ciphertext", keystore.ErrUnavailable, len(pt), len(ct))
 	}
 	return pt, ctx.Err()
-}
-
-// tokenHealthy probes the token and the session after an ambiguous failure.
-// It runs inside a callIn, so it uses the context directly.
-func (b *Backend) tokenHealthy(c *p11.Ctx, s session) bool {
-	b.mu.Lock()
-	slot := b.slot
-	b.mu.Unlock()
-	if _, err := c.GetTokenInfo(slot); err != nil {
-		return false
-	}
-	_, err := c.GetSessionInfo(s.h)
-	return err == nil
-}
-
-// lookup finds the version a key_id names, searching the token again (at
-// most once a second) for a version added since the last load.
-func (b *Backend) lookup(s session, st *state, keyID string) (*version, error) {
-	if v := st.byKeyID[keyID]; v != nil {
-		return v, nil
-	}
-	b.mu.Lock()
-	now := b.now()
-	again := now.Sub(b.lastMiss) >= minMissRefresh
-	if again {
-		b.lastMiss = now
-	}
-	b.mu.Unlock()
-	if again {
-		fresh, err := b.reload(s)
-		if err != nil {
-			return nil, err
-		}
-		if v := fresh.byKeyID[keyID]; v != nil {
-			return v, nil
-		}
-	}
-	return nil, fmt.Errorf("%w: no version %q under label %q on token %s", keystore.ErrKeyNotFound, short(keyID), b.cfg.label, b.cfg.token)
 }
 
 // run runs fn on a pooled session with the current object list. If the
@@ -440,93 +314,15 @@ func (b *Backend) run(ctx context.Context, fn func(s session, st *state) error) 
 	return err
 }
 
-// openSession opens a read-write session on the token and logs in, for the
-// pool. The login is shared by every session of the process;
-// CKR_USER_ALREADY_LOGGED_IN is success. It returns the module generation
-// the handle belongs to.
-func (b *Backend) openSession() (p11.SessionHandle, uint64, error) {
-	b.mu.Lock()
-	slot, slotGen := b.slot, b.slotGen
-	b.mu.Unlock()
-	if slotGen != b.mod.generation() {
-		if _, err := b.tokenInfo(); err != nil {
-			return 0, 0, err
-		}
-		b.mu.Lock()
-		slot = b.slot
-		b.mu.Unlock()
-	}
-	var h p11.SessionHandle
-	gen, err := b.mod.call(func(c *p11.Ctx) error {
-		var err error
-		h, err = c.OpenSession(slot, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
-		if err != nil {
-			return classify("C_OpenSession", err)
-		}
-		if err := b.login(c, h); err != nil {
-			_ = c.CloseSession(h)
-			return err
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, 0, classify("C_OpenSession", err)
-	}
-	return h, gen, nil
-}
-
-// login logs the process in as the token's user. PKCS#11 keeps one login
-// per process and token: while another backend in this process holds a
-// session on the token, C_Login answers CKR_USER_ALREADY_LOGGED_IN and the
-// PIN is not checked again.
-func (b *Backend) login(c *p11.Ctx, h p11.SessionHandle) error {
-	pin, err := b.cfg.pin()
-	if err != nil {
-		return err
-	}
-	sum := sha256.Sum256([]byte(pin))
-	b.mu.Lock()
-	refused := b.hasRejected && b.rejectedPIN == sum
-	b.mu.Unlock()
-	if refused {
-		// Tokens lock the user PIN after a few failures; retrying a PIN
-		// already refused would walk into that lock.
-		return fmt.Errorf("%w: token %s refused this PIN before; not trying it again (fix the PIN file)", keystore.ErrPermission, b.cfg.token)
-	}
-	err = c.Login(h, p11.CKU_USER, pin)
-	var ck p11.Error
-	if errors.As(err, &ck) && ck == p11.CKR_USER_ALREADY_LOGGED_IN {
-		return nil
-	}
-	err = classify("C_Login", err)
-	if faultOf(err) == faultPIN {
-		b.mu.Lock()
-		b.rejectedPIN, b.hasRejected = sum, true
-		b.mu.Unlock()
-	}
-	return err
-}
-
 // reset forgets every session, the slot and the object list, so the next
 // call finds the token again, logs in and searches its objects. The slot and
 // the object list are dropped before the pool's epoch moves on, so that a
 // session opened in the new epoch finds the token and reads its objects
 // again.
 func (b *Backend) reset() {
-	b.mu.Lock()
-	b.st = nil
-	b.stamp++
-	b.slotGen = 0
-	b.mu.Unlock()
+	b.tok.forget()
+	b.invalidate()
 	b.pool.reset()
-}
-
-// invalidate forgets the object list only.
-func (b *Backend) invalidate() {
-	b.mu.Lock()
-	b.st = nil
-	b.stamp++
-	b.mu.Unlock()
 }
 
 // short keeps error messages bounded when a caller sends a huge key_id.

@@ -45,6 +45,10 @@ const (
 	// mistake, not a keyset.
 	maxObjects = 1000
 	maxPointer = 256
+
+	// minMissRefresh bounds how often an Unwrap for an unknown key_id makes
+	// us search the token again.
+	minMissRefresh = time.Second
 )
 
 var ckaIDMagic = []byte{'k', 'w', 1}
@@ -193,6 +197,14 @@ func findAll(c *p11.Ctx, h p11.SessionHandle, tmpl []*p11.Attribute) (_ []p11.Ob
 	}
 }
 
+// invalidate forgets the object list, so the next call searches the token.
+func (b *Backend) invalidate() {
+	b.mu.Lock()
+	b.st = nil
+	b.stamp++
+	b.mu.Unlock()
+}
+
 // cached returns the object list if it is still good for generation gen.
 func (b *Backend) cached(gen uint64) *state {
 	b.mu.Lock()
@@ -244,9 +256,7 @@ func (b *Backend) reload(s session) (*state, error) {
 
 // load reads every root key version and primary pointer under the label.
 func (b *Backend) load(s session) (*state, error) {
-	b.mu.Lock()
-	slot := b.slot
-	b.mu.Unlock()
+	slot := b.tok.slotID()
 	st := &state{gen: s.gen, byKeyID: map[string]*version{}}
 	err := b.mod.callIn(s.gen, func(c *p11.Ctx) error {
 		// Ask for the token first: SoftHSM answers searches on a token
@@ -362,12 +372,35 @@ func (b *Backend) readPointers(c *p11.Ctx, sh p11.SessionHandle) ([]pointer, err
 	return out, nil
 }
 
+// lookup finds the version a key_id names, searching the token again (at
+// most once a second) for a version added since the last load.
+func (b *Backend) lookup(s session, st *state, keyID string) (*version, error) {
+	if v := st.byKeyID[keyID]; v != nil {
+		return v, nil
+	}
+	b.mu.Lock()
+	now := b.now()
+	again := now.Sub(b.lastMiss) >= minMissRefresh
+	if again {
+		b.lastMiss = now
+	}
+	b.mu.Unlock()
+	if again {
+		fresh, err := b.reload(s)
+		if err != nil {
+			return nil, err
+		}
+		if v := fresh.byKeyID[keyID]; v != nil {
+			return v, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: no version %q under label %q on token %s", keystore.ErrKeyNotFound, short(keyID), b.cfg.label, b.cfg.token)
+}
+
 // refreshPrimary re-reads the primary pointers (and asks for the token, so
 // it is a health check) and reloads everything if they changed.
 func (b *Backend) refreshPrimary(s session, st *state) (*state, error) {
-	b.mu.Lock()
-	slot := b.slot
-	b.mu.Unlock()
+	slot := b.tok.slotID()
 	var ptrs []pointer
 	err := b.mod.callIn(s.gen, func(c *p11.Ctx) error {
 		if _, err := c.GetTokenInfo(slot); err != nil {
