@@ -11,20 +11,31 @@
 //
 //	0x01 | u16 len | root key_id | u16 len | root keystore ciphertext
 //
-// The AAD binds the root key_id and the whole annotation, so neither can be
-// swapped between objects without the seal failing.
+// Wrapped KEK annotation, version 2, for a local KEK wrapped under several
+// roots (multi.go; at most MaxAnnotation2 bytes):
+//
+//	0x02 | u8 n | n × (u8 len | backend name | u16 len | root key_id | u16 len | root ciphertext)
+//
+// whose key_id is RootsKeyID of the n root key_ids. The ciphertext is
+// version 1 with either annotation.
+//
+// The AAD binds the key_id and the whole annotation (version 2: its
+// SHA-256), so neither can be swapped between objects without the seal
+// failing.
 package envelope
 
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 )
 
-// Version1 is the only format version this code writes and reads.
+// Version1 is the ciphertext's only version and the annotation's version
+// for a local KEK wrapped under one root.
 const Version1 byte = 1
 
 // Bounds. kube-apiserver rejects ciphertexts over 1 kB and key IDs over
@@ -41,6 +52,7 @@ const (
 	MaxAnnotation  = 1 + 2 + MaxKeyID + 2 + MaxRootCT
 	AnnotationKey  = "kek.keywarden.io"
 	aadLabel       = "keywarden.io/envelope/v1"
+	aadLabel2      = "keywarden.io/envelope/v2"
 	rootAADLabel   = "keywarden.io/local-kek/v1"
 	annotationHead = 1
 )
@@ -72,10 +84,27 @@ func NewAEAD(kek []byte) (cipher.AEAD, error) {
 	return cipher.NewGCM(block)
 }
 
-// AAD is the associated data for a ciphertext made under the root key_id and
+// AAD is the associated data for a ciphertext made under the key_id and
 // wrapped KEK annotation given. It is fixed per local KEK, so callers compute
 // it once and reuse it.
+//
+// With a version-2 annotation it binds the annotation's SHA-256 rather than
+// the annotation: the annotation grows with every root (and a cloud KMS
+// ciphertext is hundreds of bytes), and AES-GCM hashes the whole AAD on
+// every Seal and Open, so the warm path would grow with it.
+//
+//	version 1: "keywarden.io/envelope/v1" | 0x01 | u16 len | key_id | u32 len | annotation
+//	version 2: "keywarden.io/envelope/v2" | 0x02 | u16 len | key_id | SHA-256(annotation)
 func AAD(keyID string, annotation []byte) []byte {
+	if len(annotation) > 0 && annotation[0] == Version2 {
+		sum := sha256.Sum256(annotation)
+		b := make([]byte, 0, len(aadLabel2)+1+2+len(keyID)+sha256.Size)
+		b = append(b, aadLabel2...)
+		b = append(b, Version2)
+		b = binary.BigEndian.AppendUint16(b, uint16(len(keyID)))
+		b = append(b, keyID...)
+		return append(b, sum[:]...)
+	}
 	b := make([]byte, 0, len(aadLabel)+1+2+len(keyID)+4+len(annotation))
 	b = append(b, aadLabel...)
 	b = append(b, Version1)
