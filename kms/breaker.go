@@ -41,14 +41,21 @@ func (s *Service) circuitOpen() bool { return s.down.Load() }
 // keystoreErr classifies the error of a keystore call made under ctx. A
 // timeout of our own (ctx's deadline, not the caller's) means the keystore
 // did not answer: it becomes ErrUnavailable, so the caller sees Unavailable
-// rather than a DeadlineExceeded it did not cause. An unavailable keystore
-// opens the breaker.
-func (s *Service) keystoreErr(ctx context.Context, err error) error {
+// rather than a DeadlineExceeded it did not cause. An unavailable root is
+// marked down; the breaker opens when every root is (with one root: when it
+// is).
+func (s *Service) keystoreErr(ctx context.Context, r *root, err error) error {
 	if err == nil {
 		return nil
 	}
 	err = s.ownTimeout(ctx, err)
-	if errors.Is(err, keystore.ErrUnavailable) && s.down.CompareAndSwap(false, true) {
+	if !errors.Is(err, keystore.ErrUnavailable) {
+		return err
+	}
+	if r.down.CompareAndSwap(false, true) && s.multi() {
+		s.log.Warn("root keystore down: Decrypts go to the next root until a check reaches it", "root", r.index, "backend", r.name, "error", err)
+	}
+	if s.allDown() && s.down.CompareAndSwap(false, true) {
 		s.downSince.Store(s.cfg.Now().UnixNano())
 		s.cfg.Metrics.SetCircuitOpen(true)
 		s.log.Warn("keystore down: Decrypts that need it now fail fast until a check reaches it", "error", err)
@@ -65,6 +72,16 @@ func (s *Service) ownTimeout(ctx context.Context, err error) error {
 		return fmt.Errorf("%w: no answer within %s", keystore.ErrUnavailable, s.cfg.KeystoreTimeout)
 	}
 	return err
+}
+
+// rootUp records that a check reached r again.
+func (s *Service) rootUp(r *root) {
+	if r.down.CompareAndSwap(true, false) && s.multi() {
+		s.log.Info("root keystore answers again", "root", r.index, "backend", r.name)
+	}
+	if !s.allDown() {
+		s.closeCircuit()
+	}
 }
 
 func (s *Service) closeCircuit() {
@@ -94,27 +111,31 @@ func refusedReason(class string, downSince int64) string {
 	return "keystore " + class + " since " + time.Unix(0, downSince).UTC().Format(time.RFC3339) + ", Decrypts that need it refused"
 }
 
-// probe makes one real keystore call while the breaker is open: the
+// probe makes one real call to root r while it is down: its copy of the
 // current KEK unwrapped again. Any answer but "unavailable" (even a
-// refusal: revalidation deals with that) means the keystore is reachable.
-func (s *Service) probe(ctx context.Context) error {
+// refusal: revalidation deals with that) means the root is reachable.
+func (s *Service) probe(ctx context.Context, r *root) error {
 	cur := s.cur.Load()
 	if cur == nil {
 		return nil // check just made or adopted one: the keystore answered
 	}
-	_, rootCT, err := envelope.DecodeKEK(cur.annotation)
+	a, err := envelope.DecodeAnnotation(cur.annotation)
 	if err != nil {
 		return err
+	}
+	c, ok := copyFor(a, r, s.multi())
+	if !ok {
+		return nil // check just made one under every root: r answered
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.KeystoreTimeout)
 	defer cancel()
 	start := time.Now()
-	key, err := s.cfg.Backend.Unwrap(cctx, keystore.Wrapped{KeyID: cur.rootKeyID, Ciphertext: rootCT}, envelope.RootAAD())
+	key, err := r.b.Unwrap(cctx, keystore.Wrapped{KeyID: c.KeyID, Ciphertext: c.RootCT}, envelope.RootAAD())
 	clear(key)
-	err = s.keystoreErr(cctx, err)
-	s.cfg.Metrics.ObserveKeystore(s.backend, "unwrap", class(err), time.Since(start))
+	err = s.keystoreErr(cctx, r, err)
+	s.cfg.Metrics.ObserveKeystore(r.name, "unwrap", class(err), time.Since(start))
 	if errors.Is(err, keystore.ErrUnavailable) {
-		return fmt.Errorf("probe: unwrap the current local KEK: %w", err)
+		return s.rootErr(r, fmt.Errorf("probe: unwrap the current local KEK: %w", err))
 	}
 	return nil
 }

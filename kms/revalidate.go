@@ -69,43 +69,45 @@ func (s *Service) revalidate(ctx context.Context) (revoked error, complete bool)
 	return revoked, complete
 }
 
-// versionStates lists the keystore's versions if it can; nil otherwise.
+// versionStates lists the versions of every root that can list them (nil
+// if none can). Only a single-root KEK is judged by them: a KEK under
+// several roots is named by RootsKeyID, which no List shows, so it is
+// re-checked by unwrap, and stays while any of its roots still unwraps it.
 func (s *Service) versionStates(ctx context.Context) map[string]keystore.KeyState {
-	m, ok := s.cfg.Backend.(keystore.Manager)
-	if !ok {
-		return nil
-	}
-	cctx, cancel := context.WithTimeout(ctx, s.cfg.KeystoreTimeout)
-	defer cancel()
-	start := time.Now()
-	vs, err := m.List(cctx)
-	err = s.keystoreErr(cctx, err)
-	s.cfg.Metrics.ObserveKeystore(s.backend, "list", class(err), time.Since(start))
-	if err != nil {
-		s.log.Debug("keystore List failed; re-checking root versions by unwrap", "error", err)
-		return nil
-	}
-	states := make(map[string]keystore.KeyState, len(vs))
-	for _, v := range vs {
-		states[v.KeyID] = v.State
+	var states map[string]keystore.KeyState
+	for _, r := range s.roots {
+		m, ok := r.b.(keystore.Manager)
+		if !ok {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.KeystoreTimeout)
+		start := time.Now()
+		vs, err := m.List(cctx)
+		err = s.keystoreErr(cctx, r, err)
+		cancel()
+		s.cfg.Metrics.ObserveKeystore(r.name, "list", class(err), time.Since(start))
+		if err != nil {
+			s.log.Debug("keystore List failed; re-checking root versions by unwrap", "error", s.rootErr(r, err))
+			continue
+		}
+		if states == nil {
+			states = make(map[string]keystore.KeyState, len(vs))
+		}
+		for _, v := range vs {
+			states[v.KeyID] = v.State
+		}
 	}
 	return states
 }
 
-// reverify unwraps k again: nil if the keystore still unwraps it, else why
-// not.
+// reverify unwraps k again: nil if a root still unwraps it, else why not.
 func (s *Service) reverify(ctx context.Context, k *kek) error {
-	_, rootCT, err := envelope.DecodeKEK(k.annotation)
+	a, err := envelope.DecodeAnnotation(k.annotation)
 	if err != nil {
 		return err
 	}
-	cctx, cancel := context.WithTimeout(ctx, s.cfg.KeystoreTimeout)
-	defer cancel()
-	start := time.Now()
-	key, err := s.cfg.Backend.Unwrap(cctx, keystore.Wrapped{KeyID: k.rootKeyID, Ciphertext: rootCT}, envelope.RootAAD())
+	key, _, err := s.unwrapAny(ctx, a, true)
 	clear(key)
-	err = s.keystoreErr(cctx, err)
-	s.cfg.Metrics.ObserveKeystore(s.backend, "unwrap", class(err), time.Since(start))
 	return err
 }
 

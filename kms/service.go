@@ -67,9 +67,17 @@ const (
 	negativeSize = 256
 )
 
-// Config configures a Service. Backend is required; zero fields get defaults.
+// Config configures a Service. Backend or Roots is required; zero fields
+// get defaults.
 type Config struct {
+	// Backend is the root keystore, when there is one.
 	Backend keystore.Backend
+	// Roots are the root keystores when there are several (at most
+	// envelope.MaxRoots), the first primary: every new local KEK is
+	// wrapped under each, and a KEK not in memory is unwrapped by the
+	// first that answers, in this order. Set Backend or Roots, not both;
+	// Roots of one is Backend.
+	Roots   []keystore.Backend
 	Metrics *metrics.Metrics
 	Logger  *slog.Logger
 	// CheckInterval is how often the keystore is checked: the root key_id
@@ -107,7 +115,8 @@ type Config struct {
 type Service struct {
 	cfg     Config
 	log     *slog.Logger
-	backend string
+	backend string  // the root_key_info backend label
+	roots   []*root // in Config order; one when Config.Backend is set
 
 	cur      atomic.Pointer[kek]
 	cache    *lru.Cache[string, *kek]
@@ -176,8 +185,22 @@ type health struct {
 // does not answer yet is not an error: the Service starts unhealthy and
 // Run keeps trying.
 func New(ctx context.Context, cfg Config) (*Service, error) {
-	if cfg.Backend == nil {
+	switch {
+	case cfg.Backend != nil && len(cfg.Roots) > 0:
+		return nil, errors.New("kms: set Config.Backend or Config.Roots, not both")
+	case cfg.Backend != nil:
+		cfg.Roots = []keystore.Backend{cfg.Backend}
+	case len(cfg.Roots) == 0:
 		return nil, errors.New("kms: Config.Backend is required")
+	case len(cfg.Roots) > envelope.MaxRoots:
+		return nil, fmt.Errorf("kms: %d root keystores, at most %d", len(cfg.Roots), envelope.MaxRoots)
+	}
+	roots := make([]*root, len(cfg.Roots))
+	for i, b := range cfg.Roots {
+		if b == nil {
+			return nil, fmt.Errorf("kms: Config.Roots[%d] is nil", i)
+		}
+		roots[i] = &root{b: b, name: b.Name(), index: i}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -223,7 +246,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kms: %w", err)
 	}
-	s := &Service{cfg: cfg, log: cfg.Logger, backend: cfg.Backend.Name(), cache: cache, negative: negative, hardUses: hardKEKUses}
+	s := &Service{cfg: cfg, log: cfg.Logger, backend: rootsLabel(roots), roots: roots, cache: cache, negative: negative, hardUses: hardKEKUses}
 	s.health.Store(&health{reason: "starting"})
 	s.cfg.Metrics.SetCircuitOpen(false)
 	// The first re-check is one interval after start: what start-up
@@ -340,8 +363,8 @@ func kekAnnotation(anns map[string][]byte) ([]byte, error) {
 	if len(anns) != 1 {
 		return nil, fmt.Errorf("%w: %d annotations, want only %s", errInvalidRequest, len(anns), envelope.AnnotationKey)
 	}
-	if len(ann) > envelope.MaxAnnotation {
-		return nil, fmt.Errorf("%w: annotation %s is %d bytes, max %d", envelope.ErrTooLarge, envelope.AnnotationKey, len(ann), envelope.MaxAnnotation)
+	if len(ann) > envelope.MaxAnnotationAny {
+		return nil, fmt.Errorf("%w: annotation %s is %d bytes, max %d", envelope.ErrTooLarge, envelope.AnnotationKey, len(ann), envelope.MaxAnnotationAny)
 	}
 	return ann, nil
 }
@@ -350,19 +373,16 @@ func kekAnnotation(anns map[string][]byte) ([]byte, error) {
 // or through one keystore call shared by every concurrent caller.
 func (s *Service) kekFor(ctx context.Context, ann []byte, keyID string) (*kek, error) {
 	k := s.cachedKEK(ann)
-	var (
-		rootID string
-		rootCT []byte
-	)
+	var a envelope.Annotation
 	if k != nil {
-		rootID = k.rootKeyID // decoded from ann when k was made
+		a.KeyID = k.rootKeyID // decoded from ann when k was made
 	} else {
 		var err error
-		if rootID, rootCT, err = envelope.DecodeKEK(ann); err != nil {
+		if a, err = envelope.DecodeAnnotation(ann); err != nil {
 			return nil, err
 		}
 	}
-	if rootID != keyID {
+	if a.KeyID != keyID {
 		return nil, fmt.Errorf("%w: key_id does not match the wrapped KEK", errInvalidRequest)
 	}
 	if k != nil {
@@ -403,11 +423,9 @@ func (s *Service) kekFor(ctx context.Context, ann []byte, keyID string) (*kek, e
 		}
 		defer s.inflight.Add(-1)
 		// Detached from the first caller: others may be waiting on the
-		// same KEK with longer deadlines.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.KeystoreTimeout)
-		defer cancel()
-		k, err := s.unwrapKEK(cctx, bytes.Clone(ann), rootID, rootCT, time.Time{})
-		err = s.keystoreErr(cctx, err)
+		// same KEK with longer deadlines. Each keystore call has its own
+		// KeystoreTimeout.
+		k, err := s.unwrapKEK(context.WithoutCancel(ctx), bytes.Clone(ann), a, time.Time{}, true)
 		if lasting(err) {
 			s.negative.Add(key, refusal{err: err, until: s.cfg.Now().Add(negativeTTL)})
 		}
@@ -447,16 +465,14 @@ func lasting(err error) bool {
 	return errors.Is(err, keystore.ErrKeyNotFound) || errors.Is(err, keystore.ErrKeyDisabled) || errors.Is(err, keystore.ErrInvalid)
 }
 
-// unwrapKEK asks the keystore for a local KEK and caches it.
-func (s *Service) unwrapKEK(ctx context.Context, ann []byte, rootID string, rootCT []byte, created time.Time) (*kek, error) {
-	start := time.Now()
-	key, err := s.cfg.Backend.Unwrap(ctx, keystore.Wrapped{KeyID: rootID, Ciphertext: rootCT}, envelope.RootAAD())
-	err = s.ownTimeout(ctx, err)
-	s.cfg.Metrics.ObserveKeystore(s.backend, "unwrap", class(err), time.Since(start))
+// unwrapKEK asks the root keystores for a local KEK (unwrapAny) and caches
+// it. a is ann decoded.
+func (s *Service) unwrapKEK(ctx context.Context, ann []byte, a envelope.Annotation, created time.Time, breaker bool) (*kek, error) {
+	key, _, err := s.unwrapAny(ctx, a, breaker)
 	if err != nil {
-		return nil, fmt.Errorf("unwrap local KEK under root key %q: %w", rootID, err)
+		return nil, err
 	}
-	k, err := newKEK(key, ann, rootID, created)
+	k, err := newKEK(key, ann, a.KeyID, created)
 	clear(key)
 	if err != nil {
 		return nil, err
@@ -511,20 +527,15 @@ func (s *Service) newLocalKEK(ctx context.Context, reason string) (*kek, error) 
 	if _, err := io.ReadFull(s.cfg.Rand, key); err != nil {
 		return nil, fmt.Errorf("read random KEK: %w", err)
 	}
-	start := time.Now()
-	w, err := s.cfg.Backend.Wrap(ctx, key, envelope.RootAAD())
-	err = s.keystoreErr(ctx, err)
-	s.cfg.Metrics.ObserveKeystore(s.backend, "wrap", class(err), time.Since(start))
+	ann, keyID, wrapped, err := s.wrapAll(ctx, key)
 	if err != nil {
-		err = fmt.Errorf("wrap new local KEK: %w", err)
-		s.mintFailed(err, reason)
+		if !wrapped {
+			err = fmt.Errorf("wrap new local KEK: %w", err)
+			s.mintFailed(err, reason)
+		}
 		return nil, err
 	}
-	ann, err := envelope.EncodeKEK(w.KeyID, w.Ciphertext)
-	if err != nil {
-		return nil, fmt.Errorf("%w: keystore returned an unusable wrapped KEK: %v", keystore.ErrInvalid, err)
-	}
-	k, err := newKEK(key, ann, w.KeyID, s.cfg.Now())
+	k, err := newKEK(key, ann, keyID, s.cfg.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -567,14 +578,24 @@ func (s *Service) Check(ctx context.Context) {
 	s.checkMu.Lock()
 	defer s.checkMu.Unlock()
 	err := s.check(ctx)
-	if s.down.Load() && !errors.Is(err, keystore.ErrUnavailable) {
+	for _, r := range s.roots {
+		// With one root, a check that failed as unavailable anywhere
+		// (its mint too) probes nothing; with several, a root whose own
+		// key_id read did not fail so is probed.
+		rerr := err
+		if s.multi() {
+			rerr = r.keyIDErr
+		}
+		if !r.down.Load() || errors.Is(rerr, keystore.ErrUnavailable) {
+			continue
+		}
 		// A check can succeed without reaching the keystore (remote
 		// backends cache their key_id): only a real call closes the
 		// breaker.
-		if perr := s.probe(ctx); perr != nil {
+		if perr := s.probe(ctx, r); perr != nil {
 			err = cmp.Or(err, perr)
 		} else {
-			s.closeCircuit()
+			s.rootUp(r)
 		}
 	}
 	now := s.cfg.Now()
@@ -646,12 +667,16 @@ func (s *Service) healthNow(err, revoked error, now time.Time) *health {
 }
 
 func (s *Service) check(ctx context.Context) error {
-	cctx, cancel := context.WithTimeout(ctx, s.cfg.KeystoreTimeout)
-	defer cancel()
-	start := time.Now()
-	kid, err := s.cfg.Backend.KeyID(cctx)
-	err = s.keystoreErr(cctx, err)
-	s.cfg.Metrics.ObserveKeystore(s.backend, "key_id", class(err), time.Since(start))
+	// With one root, its key_id read and the mint or adoption that
+	// follows share one KeystoreTimeout, as they always have; with
+	// several, each keystore call has its own.
+	cctx := ctx
+	if !s.multi() {
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithTimeout(ctx, s.cfg.KeystoreTimeout)
+		defer cancel()
+	}
+	kid, err := s.readKeyID(cctx)
 	if err != nil {
 		return fmt.Errorf("read root key_id: %w", err)
 	}

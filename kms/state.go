@@ -106,28 +106,31 @@ func (st *stateFile) within(now time.Time, maxUses uint64, maxAge time.Duration)
 }
 
 // decodeState decodes a version-2 state file whose KEK is wrapped under
-// rootKeyID, and returns it with the KEK's root ciphertext. It believes
-// nothing in it: the caller unwraps the KEK, then verifies the MAC, then
-// checks the bounds.
-func decodeState(b []byte, rootKeyID string) (stateFile, []byte, error) {
+// rootKeyID (the configured roots' current key_id: one root's, or
+// RootsKeyID of several, so a KEK made under other roots, or the same
+// roots in another order, is not adopted), and returns it with its
+// annotation decoded. It believes nothing in it: the caller unwraps the
+// KEK, then verifies the MAC, then checks the bounds.
+func decodeState(b []byte, rootKeyID string) (stateFile, envelope.Annotation, error) {
 	var st stateFile
+	var none envelope.Annotation
 	if err := json.Unmarshal(b, &st); err != nil {
-		return stateFile{}, nil, errMalformedState
+		return stateFile{}, none, errMalformedState
 	}
 	switch {
 	case st.Version == 1:
-		return stateFile{}, nil, errStateVersion1
+		return stateFile{}, none, errStateVersion1
 	case st.Version != stateVersion || len(st.MAC) != sha256.Size:
-		return stateFile{}, nil, errMalformedState
+		return stateFile{}, none, errMalformedState
 	}
-	id, ct, err := envelope.DecodeKEK(st.Annotation)
+	a, err := envelope.DecodeAnnotation(st.Annotation)
 	switch {
 	case err != nil:
-		return stateFile{}, nil, errMalformedState
-	case id != rootKeyID:
-		return stateFile{}, nil, errStateOtherRoot
+		return stateFile{}, none, errMalformedState
+	case a.KeyID != rootKeyID:
+		return stateFile{}, none, errStateOtherRoot
 	}
-	return st, ct, nil
+	return st, a, nil
 }
 
 // readState reads the state file at path: never through a symlink, and only
@@ -183,7 +186,7 @@ func (s *Service) adoptState(ctx context.Context, rootKeyID string) bool {
 		return false
 	}
 	now := s.cfg.Now()
-	st, ct, err := decodeState(b, rootKeyID)
+	st, a, err := decodeState(b, rootKeyID)
 	switch {
 	case errors.Is(err, errStateVersion1):
 		// Written before state files were authenticated: its KEK costs one
@@ -211,7 +214,7 @@ func (s *Service) adoptState(ctx context.Context, rootKeyID string) bool {
 	// can the MAC, and so the file's root_first_seen, be checked; and the
 	// KEK, the newest under this root version, is then in the cache for
 	// the Decrypts of what it sealed.
-	k, err := s.unwrapKEK(ctx, st.Annotation, rootKeyID, ct, st.Created)
+	k, err := s.unwrapKEK(ctx, st.Annotation, a, st.Created, false)
 	if err != nil {
 		s.log.Warn("state file KEK did not unwrap; making a new one", "error", err)
 		return false

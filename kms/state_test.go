@@ -70,9 +70,9 @@ func FuzzDecodeState(f *testing.F) {
 	f.Add([]byte("null"))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		st, ct, err := decodeState(b, root)
+		st, a, err := decodeState(b, root)
 		if err != nil {
-			if st.Annotation != nil || st.MAC != nil || ct != nil {
+			if st.Annotation != nil || st.MAC != nil || a.Copies != nil {
 				t.Fatalf("refused state %q still returned %+v", b, st)
 			}
 			return
@@ -81,7 +81,7 @@ func FuzzDecodeState(f *testing.F) {
 			t.Fatalf("decoded version %d with a MAC of %d bytes", st.Version, len(st.MAC))
 		}
 		id, ct2, err := envelope.DecodeKEK(st.Annotation)
-		if err != nil || id != root || !bytes.Equal(ct, ct2) {
+		if err != nil || id != root || len(a.Copies) != 1 || !bytes.Equal(a.Copies[0].RootCT, ct2) {
 			t.Fatalf("decoded annotation %x of root %q (%v)", st.Annotation, id, err)
 		}
 		if st.verify(key) != nil {

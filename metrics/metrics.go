@@ -9,6 +9,7 @@ package metrics
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"strconv"
 	"sync"
 	"time"
 
@@ -43,6 +44,7 @@ type Metrics struct {
 	circuitOpen     prometheus.Gauge
 	renewalFailures prometheus.Counter
 	keksRevoked     prometheus.Counter
+	unwrapsByRoot   *prometheus.CounterVec
 	buildInfo       *prometheus.GaugeVec
 
 	rpc *rpcMetrics
@@ -119,6 +121,10 @@ func New() *Metrics {
 			Namespace: Namespace, Subsystem: "kek", Name: "revoked_total",
 			Help: "Unwrapped local KEKs dropped from memory because their root key version was found disabled, destroyed or gone.",
 		}),
+		unwrapsByRoot: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "keystore", Name: "root_unwraps_total",
+			Help: "Local KEKs unwrapped, by the root that served them: root is its place in the --keystore list (0 is the primary), backend its backend name.",
+		}, []string{"root", "backend"}),
 		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "build_info",
 			Help: "Always 1; labels carry the version.",
@@ -127,7 +133,7 @@ func New() *Metrics {
 	m.Registry.MustRegister(
 		m.rpc.started, m.rpc.handled, m.rpc.seconds, m.keystoreSeconds, m.cacheHits, m.cacheMisses, m.cacheSize,
 		m.kekGenerations, m.kekUses, m.kekAge, m.rootKeyInfo, m.rootKeySeen, m.lastCheck, m.healthy, m.keystoreUp,
-		m.circuitOpen, m.renewalFailures, m.keksRevoked, m.buildInfo,
+		m.circuitOpen, m.renewalFailures, m.keksRevoked, m.unwrapsByRoot, m.buildInfo,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -249,6 +255,14 @@ func (m *Metrics) KEKRenewalFailed() {
 func (m *Metrics) KEKsRevoked(n int) {
 	if m != nil {
 		m.keksRevoked.Add(float64(n))
+	}
+}
+
+// RootUnwrap counts a local KEK unwrapped by root number root (its place in
+// the --keystore list) of the given backend.
+func (m *Metrics) RootUnwrap(root int, backend string) {
+	if m != nil {
+		m.unwrapsByRoot.WithLabelValues(strconv.Itoa(root), backend).Inc()
 	}
 }
 
