@@ -14,13 +14,17 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
 
+	"github.com/keywarden/keywarden/keystore"
 	"github.com/keywarden/keywarden/keystore/byuri"
 	"github.com/keywarden/keywarden/kms"
+	"github.com/keywarden/keywarden/kms/envelope"
 	"github.com/keywarden/keywarden/kms/kmsgrpc"
 	"github.com/keywarden/keywarden/metrics"
 )
@@ -42,7 +46,7 @@ func main() {
 
 type options struct {
 	listen          string
-	keystore        string
+	keystores       []string
 	metricsAddr     string
 	healthAddr      string
 	checkInterval   time.Duration
@@ -65,7 +69,19 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("keywarden", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.listen, "listen", "unix:///run/keywarden/kms.sock", "KMS v2 socket, unix:///absolute/path; its directory is made 0700, the socket 0600")
-	fs.StringVar(&o.keystore, "keystore", "", "root keystore URI: file:///etc/keywarden/keyset.json, pkcs11:token=…;object=…?module-path=…&pin-source=file:…")
+	fs.Func("keystore", "root keystore URI: file:///etc/keywarden/keyset.json, pkcs11:token=…;object=…?module-path=…&pin-source=file:…; repeat it for several roots (at most 4), the first primary: each new local KEK is wrapped under every one, and Decrypt uses the first that answers", func(v string) error {
+		if v == "" {
+			return errors.New("empty keystore URI")
+		}
+		if slices.Contains(o.keystores, v) {
+			return errors.New("the same keystore twice")
+		}
+		if len(o.keystores) == envelope.MaxRoots {
+			return fmt.Errorf("at most %d keystores", envelope.MaxRoots)
+		}
+		o.keystores = append(o.keystores, v)
+		return nil
+	})
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:8095", "address for /metrics, /healthz, /livez, /readyz (empty disables)")
 	fs.StringVar(&o.healthAddr, "health-addr", "", "a second address for /healthz, /livez, /readyz alone, for the kubelet's probes, e.g. 127.0.0.1:8096, so --metrics-addr can move to the node's address (empty: none)")
 	fs.DurationVar(&o.checkInterval, "check-interval", kms.DefaultCheckInterval, "how often the keystore is checked (root key_id, health)")
@@ -115,7 +131,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, "keywarden", version)
 		return nil
 	}
-	if o.keystore == "" {
+	if len(o.keystores) == 0 {
 		return errors.New("--keystore is required (e.g. file:///etc/keywarden/keyset.json)")
 	}
 	log, err := newLogger(o, stderr)
@@ -127,16 +143,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	backend, err := byuri.Open(ctx, o.keystore)
-	if err != nil {
-		return fmt.Errorf("open keystore: %w", err)
+	var roots []keystore.Backend
+	defer func() {
+		for _, b := range roots {
+			_ = b.Close()
+		}
+	}()
+	names := make([]string, 0, len(o.keystores))
+	for i, uri := range o.keystores {
+		b, err := byuri.Open(ctx, uri)
+		if err != nil {
+			if len(o.keystores) == 1 {
+				return fmt.Errorf("open keystore: %w", err)
+			}
+			return fmt.Errorf("open keystore %d of %d: %w", i+1, len(o.keystores), err)
+		}
+		roots = append(roots, b)
+		names = append(names, b.Name())
 	}
-	defer backend.Close()
 
 	m := metrics.New()
 	m.SetVersion(version)
-	svc, err := kms.New(ctx, kms.Config{
-		Backend:            backend,
+	cfg := kms.Config{
 		Metrics:            m,
 		Logger:             log,
 		CheckInterval:      o.checkInterval,
@@ -148,7 +176,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		RevalidateInterval: o.revalidate,
 		MaxUnwraps:         o.maxUnwraps,
 		StateFile:          o.stateFile,
-	})
+	}
+	if len(roots) == 1 {
+		cfg.Backend = roots[0]
+	} else {
+		cfg.Roots = roots
+	}
+	svc, err := kms.New(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -197,7 +231,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	grpcErr := make(chan error, 1)
 	go func() { grpcErr <- srv.Serve(ln) }()
-	log.Info("keywarden serving KMS v2", "version", version, "socket", sockPath, "keystore", backend.Name())
+	log.Info("keywarden serving KMS v2", "version", version, "socket", sockPath, "keystore", strings.Join(names, ","))
 
 	var serveErr error
 	select {
