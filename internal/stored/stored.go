@@ -115,7 +115,9 @@ type EncryptedObject struct {
 type LocalKEK struct {
 	// ID is the first 16 hex digits of SHA-256 of the annotation.
 	ID string
-	// RootKeyID is the root key version that must unwrap it.
+	// RootKeyID is the root key version that must unwrap it; for a KEK
+	// wrapped under several roots, the key_id that names them all
+	// (envelope.RootsKeyID), which the object's key_id must equal too.
 	RootKeyID string
 }
 
@@ -126,11 +128,11 @@ func (o *EncryptedObject) KeywardenKEK() (k LocalKEK, ok bool, err error) {
 	if !ok {
 		return LocalKEK{}, false, nil
 	}
-	root, _, err := envelope.DecodeKEK(ann)
+	a, err := envelope.DecodeAnnotation(ann)
 	if err != nil {
 		return LocalKEK{}, true, err
 	}
-	return LocalKEK{ID: Digest(ann), RootKeyID: root}, true, nil
+	return LocalKEK{ID: Digest(ann), RootKeyID: a.KeyID}, true, nil
 }
 
 // Digest is a short, stable, non-reversible name for public bytes.

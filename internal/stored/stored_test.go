@@ -147,6 +147,11 @@ func TestDecodeEncryptedObject(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	kek2, err := envelope.EncodeKEK2([]envelope.Copy{{Backend: "file", KeyID: "tink:1:aa", RootCT: []byte("w1")}, {Backend: "awskms", KeyID: "arn:x", RootCT: []byte("w2")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kek2ID, _ := envelope.RootsKeyID([]string{"tink:1:aa", "arn:x"})
 	tests := []struct {
 		name    string
 		in      []byte
@@ -168,6 +173,12 @@ func TestDecodeEncryptedObject(t *testing.T) {
 		{name: "keywarden annotation", in: valid(mapEntry(envelope.AnnotationKey, kek)), check: func(t *testing.T, o *EncryptedObject) {
 			k, ok, err := o.KeywardenKEK()
 			if !ok || err != nil || k.RootKeyID != "tink:1:aa" || k.ID != Digest(kek) {
+				t.Fatalf("%+v %v %v", k, ok, err)
+			}
+		}},
+		{name: "keywarden annotation under several roots", in: valid(mapEntry(envelope.AnnotationKey, kek2)), check: func(t *testing.T, o *EncryptedObject) {
+			k, ok, err := o.KeywardenKEK()
+			if !ok || err != nil || k.RootKeyID != kek2ID || k.ID != Digest(kek2) {
 				t.Fatalf("%+v %v %v", k, ok, err)
 			}
 		}},
