@@ -46,3 +46,39 @@ func FuzzDecrypt(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecryptRoots: FuzzDecrypt's properties with two roots, whose
+// annotations are of version 2.
+func FuzzDecryptRoots(f *testing.F) {
+	rs := newRoots(f, "file", "awskms")
+	s := rs.service(f, nil)
+	pt := bytes.Repeat([]byte{7}, 32)
+	r, err := s.Encrypt(context.Background(), "fuzz", pt)
+	if err != nil {
+		f.Fatal(err)
+	}
+	ann := r.Annotations[envelope.AnnotationKey]
+	f.Add(r.Ciphertext, r.KeyID, ann)
+	f.Add(r.Ciphertext, r.KeyID, ann[:len(ann)-1])
+	f.Add(r.Ciphertext, r.KeyID, append([]byte{1}, ann[1:]...))
+	swapped := bytes.Clone(ann)
+	swapped[len(swapped)-1] ^= 1
+	f.Add(r.Ciphertext, r.KeyID, swapped)
+	f.Add(r.Ciphertext[:20], "roots:2:", []byte{2, 2})
+	f.Fuzz(func(t *testing.T, ct []byte, keyID string, a []byte) {
+		got, err := s.Decrypt(context.Background(), "fuzz", &service.DecryptRequest{
+			Ciphertext: ct, KeyID: keyID, Annotations: map[string][]byte{envelope.AnnotationKey: a},
+		})
+		if err == nil {
+			if !bytes.Equal(ct, r.Ciphertext) || keyID != r.KeyID || !bytes.Equal(a, ann) || !bytes.Equal(got, pt) {
+				t.Fatalf("forged request decrypted")
+			}
+			return
+		}
+		switch codeOf(err) {
+		case codes.InvalidArgument, codes.NotFound, codes.FailedPrecondition:
+		default:
+			t.Fatalf("hostile input got %v", err)
+		}
+	})
+}
