@@ -85,7 +85,8 @@ func (s *Service) prepare(k *kek) error {
 	if n := s.next.Load(); n != nil && n.rootKeyID == k.rootKeyID {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.KeystoreTimeout)
+	// One KeystoreTimeout per root: each root's Wrap has its own.
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.KeystoreTimeout*time.Duration(len(s.roots)))
 	defer cancel()
 	n, err := s.newLocalKEK(ctx, "spare")
 	if err != nil {

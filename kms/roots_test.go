@@ -241,9 +241,14 @@ func TestRootsUpDown(t *testing.T) {
 					a.err != nil && b.err != nil && len(served) != 0:
 					t.Fatalf("keywarden_keystore_root_unwraps_total = %v", served)
 				}
-				// Only when both are unavailable is the keystore down.
-				if down := errors.Is(a.err, keystore.ErrUnavailable) && errors.Is(b.err, keystore.ErrUnavailable); down != s.circuitOpen() {
+				// Only when both are unavailable is the keystore down, and
+				// a refused Decrypt then turns Status not ok at once.
+				down := errors.Is(a.err, keystore.ErrUnavailable) && errors.Is(b.err, keystore.ErrUnavailable)
+				if down != s.circuitOpen() {
 					t.Fatalf("breaker open = %v, want %v", s.circuitOpen(), down)
+				}
+				if ok, reason := s.Healthy(); ok == down {
+					t.Fatalf("healthy = %v (%s) with the breaker open = %v", ok, reason, down)
 				}
 			})
 		}

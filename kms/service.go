@@ -434,7 +434,9 @@ func (s *Service) kekFor(ctx context.Context, ann []byte, keyID string) (*kek, e
 	select {
 	case r := <-ch:
 		if r.Err != nil {
-			if errors.Is(r.Err, keystore.ErrUnavailable) {
+			// Refused because the keystore is down: every root is (with
+			// several, one down root and another refusing is not that).
+			if errors.Is(r.Err, keystore.ErrUnavailable) && s.down.Load() {
 				s.refuse()
 			}
 			return nil, r.Err
