@@ -90,9 +90,13 @@ type ResourceReport struct {
 type KEKReport struct {
 	// ID is a digest of the wrapped local KEK (see stored.Digest).
 	ID string `json:"id"`
-	// RootKeyID is the root key version that wraps it.
+	// RootKeyID is the root key version that wraps it; for a KEK wrapped
+	// under several roots, the key_id naming them all.
 	RootKeyID string `json:"rootKeyID"`
-	Objects   int    `json:"objects"`
+	// Roots are the root key versions of each copy, for a KEK wrapped
+	// under several roots.
+	Roots   []string `json:"roots,omitempty"`
+	Objects int      `json:"objects"`
 }
 
 // InUse counts the objects that need root key version keyID to be read:
@@ -100,12 +104,22 @@ type KEKReport struct {
 // key_id written before key_ids named the key counts for the tagged one).
 // (keywarden's local KEK annotation must name the same version, or the
 // object counts as BadAnnotation and is unreadable whatever happens to
-// keyID.)
+// keyID.) It also counts the objects whose local KEK, wrapped under
+// several roots, has a copy under keyID. They may still be read through
+// another root, but retiring every root's version one at a time would lose
+// them: they count, so that retiring a version waits for kmsctl migrate as
+// with one root. (Their own key_id, "roots:...", never names a single
+// version, so nothing counts twice.)
 func (r *Report) InUse(keyID string) int {
 	n := 0
 	for k, c := range r.KeyIDs {
 		if keystore.SameVersion(k, keyID) {
 			n += c
+		}
+	}
+	for _, k := range r.LocalKEKs {
+		if len(k.Roots) > 1 && slices.ContainsFunc(k.Roots, func(id string) bool { return keystore.SameVersion(id, keyID) }) {
+			n += k.Objects
 		}
 	}
 	return n
@@ -193,6 +207,9 @@ func (r *Report) count(rr *ResourceReport, keks map[string]*KEKReport, key strin
 			e := keks[k.ID]
 			if e == nil {
 				e = &KEKReport{ID: k.ID, RootKeyID: k.RootKeyID}
+				if len(k.Roots) > 1 {
+					e.Roots = k.Roots
+				}
 				keks[k.ID] = e
 			}
 			e.Objects++

@@ -262,3 +262,33 @@ func TestRunKMSValue(t *testing.T) {
 		}
 	}
 }
+
+// An object whose local KEK is wrapped under several roots is in use for
+// the version of each root that holds a copy, and for none other.
+func TestRunKMSValueRoots(t *testing.T) {
+	const other = "tink:4294967295:fedcba9876543210"
+	kvs := map[string][]byte{
+		"/registry/secrets/default/two":   etcdtest.KMSValueRoots(t, key1, key2),
+		"/registry/secrets/default/two-b": etcdtest.KMSValueRoots(t, key1, key2),
+		"/registry/secrets/default/one":   etcdtest.KMSValue(t, key1),
+	}
+	scopes, _ := Scopes("/registry", []string{"*.*"})
+	r, err := Run(context.Background(), &fakeEtcd{kvs: kvs, rev: 1}, Options{Scopes: scopes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Malformed != 0 || r.BadAnnotation != 0 || len(r.LocalKEKs) != 2 {
+		t.Fatalf("%+v", r)
+	}
+	for id, want := range map[string]int{key1: 3, key2: 2, other: 0} {
+		if got := r.InUse(id); got != want {
+			t.Fatalf("InUse(%s) = %d, want %d (%+v)", id, got, want, r.LocalKEKs)
+		}
+	}
+	// The report round-trips through JSON (kmsctl --audit-report).
+	b, _ := json.Marshal(r)
+	var again Report
+	if err := json.Unmarshal(b, &again); err != nil || again.InUse(key2) != 2 {
+		t.Fatalf("report through JSON: InUse %d, %v", again.InUse(key2), err)
+	}
+}

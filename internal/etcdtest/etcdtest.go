@@ -120,6 +120,29 @@ func GoldenValues(t testing.TB) map[string][]byte {
 // whatever the length of their IDs.
 func KMSValue(t testing.TB, keyID string) []byte {
 	t.Helper()
+	return kmsValue(t, keyID, func(rootCT []byte) ([]byte, error) { return envelope.EncodeKEK(keyID, rootCT) })
+}
+
+// KMSValueRoots is KMSValue for a local KEK wrapped under several roots:
+// a version-2 annotation with one copy per root key_id (backend "file"),
+// under the key_id naming them all.
+func KMSValueRoots(t testing.TB, rootKeyIDs ...string) []byte {
+	t.Helper()
+	keyID, err := envelope.RootsKeyID(rootKeyIDs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kmsValue(t, keyID, func(rootCT []byte) ([]byte, error) {
+		copies := make([]envelope.Copy, len(rootKeyIDs))
+		for i, id := range rootKeyIDs {
+			copies[i] = envelope.Copy{Backend: "file", KeyID: id, RootCT: rootCT}
+		}
+		return envelope.EncodeKEK2(copies)
+	})
+}
+
+func kmsValue(t testing.TB, keyID string, annotation func(rootCT []byte) ([]byte, error)) []byte {
+	t.Helper()
 	const prefix = "k8s:enc:kms:v2:keywarden:"
 	v := GoldenValues(t)["/registry/secrets/default/g1"]
 	if !bytes.HasPrefix(v, []byte(prefix)) {
@@ -151,7 +174,7 @@ func KMSValue(t testing.TB, keyID string) []byte {
 				if err != nil {
 					t.Fatalf("etcdtest: golden g1 annotation: %v", err)
 				}
-				if val, err = envelope.EncodeKEK(keyID, rootCT); err != nil {
+				if val, err = annotation(rootCT); err != nil {
 					t.Fatal(err)
 				}
 			}

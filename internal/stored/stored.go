@@ -119,6 +119,9 @@ type LocalKEK struct {
 	// wrapped under several roots, the key_id that names them all
 	// (envelope.RootsKeyID), which the object's key_id must equal too.
 	RootKeyID string
+	// Roots are the root key versions that each hold a copy of it: one,
+	// RootKeyID itself, or one per root.
+	Roots []string
 }
 
 // KeywardenKEK decodes keywarden's annotation. ok is false if the object has
@@ -132,7 +135,11 @@ func (o *EncryptedObject) KeywardenKEK() (k LocalKEK, ok bool, err error) {
 	if err != nil {
 		return LocalKEK{}, true, err
 	}
-	return LocalKEK{ID: Digest(ann), RootKeyID: a.KeyID}, true, nil
+	roots := make([]string, len(a.Copies))
+	for i, c := range a.Copies {
+		roots[i] = c.KeyID
+	}
+	return LocalKEK{ID: Digest(ann), RootKeyID: a.KeyID, Roots: roots}, true, nil
 }
 
 // Digest is a short, stable, non-reversible name for public bytes.

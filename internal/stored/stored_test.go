@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -178,7 +179,7 @@ func TestDecodeEncryptedObject(t *testing.T) {
 		}},
 		{name: "keywarden annotation under several roots", in: valid(mapEntry(envelope.AnnotationKey, kek2)), check: func(t *testing.T, o *EncryptedObject) {
 			k, ok, err := o.KeywardenKEK()
-			if !ok || err != nil || k.RootKeyID != kek2ID || k.ID != Digest(kek2) {
+			if !ok || err != nil || k.RootKeyID != kek2ID || k.ID != Digest(kek2) || !slices.Equal(k.Roots, []string{"tink:1:aa", "arn:x"}) {
 				t.Fatalf("%+v %v %v", k, ok, err)
 			}
 		}},
