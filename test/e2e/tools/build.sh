@@ -43,14 +43,12 @@ done
 
 key="$(cat go.mod go.sum build.sh | sha256sum | cut -c1-64)"
 cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
-cache_dir="${cache_root}/${key}"
 bin="${here}/bin"
-stamp="${bin}/.stamp"
-
-have_all() { # dir
-	local t
-	for t in "${TOOLS[@]}"; do [[ -x "$1/${t%%:*}" ]] || return 1; done
-}
+# shellcheck source=hack/toolcache.sh
+source "${here}/../../../hack/toolcache.sh"
+names=()
+for t in "${TOOLS[@]}"; do names+=("${t%%:*}"); done
+tc_init "$key" "${cache_root}/${key}" "$bin" "${names[@]}"
 
 check() { # verify the binaries in bin/ run and report the pinned versions
 	local out
@@ -69,34 +67,7 @@ check() { # verify the binaries in bin/ run and report the pinned versions
 	log "ok: kube-apiserver/kubectl ${K8S_VERSION}, etcd/etcdctl ${ETCD_VERSION} in ${bin}"
 }
 
-install_from() { # dir: copy binaries into bin/ (atomically per file) and stamp
-	local src="$1" t name
-	mkdir -p "$bin"
-	rm -f "$stamp"
-	for t in "${TOOLS[@]}"; do
-		name="${t%%:*}"
-		cp "$src/$name" "$bin/.$name.tmp"
-		mv -f "$bin/.$name.tmp" "$bin/$name"
-	done
-	echo "$key" >"$stamp"
-}
-
-if [[ "${KEYWARDEN_TOOLS_REBUILD:-0}" != 1 ]]; then
-	if [[ -f "$stamp" && "$(cat "$stamp")" == "$key" ]] && have_all "$bin"; then
-		log "up to date in ${bin} (key ${key:0:12})"
-		check
-		exit 0
-	fi
-	if have_all "$cache_dir"; then
-		log "reusing cached binaries from ${cache_dir}"
-		install_from "$cache_dir"
-		check
-		exit 0
-	fi
-	log "no cached binaries at ${cache_dir}: building"
-else
-	log "KEYWARDEN_TOOLS_REBUILD=1: building"
-fi
+if tc_reuse; then check; exit 0; fi
 
 export GOWORK=off CGO_ENABLED=0
 log "$(go version); GOFLAGS='$(go env GOFLAGS)'"
@@ -114,22 +85,6 @@ for t in "${TOOLS[@]}"; do
 done
 log "all built in $((SECONDS - start_all))s"
 
-install_from "$out"
+tc_install "$out"
 check
-
-# Publish to the cache: copy to a temp dir next to it, then rename, so a
-# half-written copy is never seen as complete.
-if mkdir -p "$cache_root" 2>/dev/null; then
-	# A directory there without all the binaries is a leftover: replace it.
-	have_all "$cache_dir" || rm -rf "$cache_dir"
-	tmp="$(mktemp -d "${cache_root}/.tmp.XXXXXX")"
-	for t in "${TOOLS[@]}"; do cp "$out/${t%%:*}" "$tmp/"; done
-	if mv -T "$tmp" "$cache_dir" 2>/dev/null; then
-		log "cached binaries in ${cache_dir}"
-	else
-		rm -rf "$tmp"
-		log "cache ${cache_dir} already present, left as is"
-	fi
-else
-	log "warning: cannot create ${cache_root}; binaries not cached"
-fi
+tc_publish "$out"

@@ -36,11 +36,10 @@ done
 
 key="$(cat go.mod go.sum crictl/go.mod crictl/go.sum node-tools.sh | sha256sum | cut -c1-64)"
 cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
-cache_dir="${cache_root}/node-${key}"
 bin="${here}/bin"
-stamp="${bin}/.node-stamp"
-
-have_all() { local n; for n in "${NAMES[@]}"; do [[ -x "$1/$n" ]] || return 1; done; }
+# shellcheck source=hack/toolcache.sh
+source "${here}/../../../hack/toolcache.sh"
+tc_init "$key" "${cache_root}/node-${key}" "$bin" "${NAMES[@]}"
 
 check() {
 	local out
@@ -55,23 +54,7 @@ check() {
 	log "ok: kubelet, kube-scheduler ${K8S_VERSION}, pause and crictl ${CRICTL_VERSION} in ${bin}"
 }
 
-install_from() {
-	local n
-	mkdir -p "$bin"
-	rm -f "$stamp"
-	for n in "${NAMES[@]}"; do cp "$1/$n" "$bin/.$n.tmp" && mv -f "$bin/.$n.tmp" "$bin/$n"; done
-	echo "$key" >"$stamp"
-}
-
-if [[ "${KEYWARDEN_TOOLS_REBUILD:-0}" != 1 ]]; then
-	if [[ -f "$stamp" && "$(cat "$stamp")" == "$key" ]] && have_all "$bin"; then
-		log "up to date in ${bin} (key ${key:0:12})"; check; exit 0
-	fi
-	if have_all "$cache_dir"; then
-		log "reusing cached binaries from ${cache_dir}"; install_from "$cache_dir"; check; exit 0
-	fi
-	log "no cached binaries at ${cache_dir}: building"
-fi
+if tc_reuse; then check; exit 0; fi
 
 export GOWORK=off CGO_ENABLED=0
 mkdir -p "$bin"
@@ -95,14 +78,6 @@ start=$SECONDS
 	-o "$out/crictl" sigs.k8s.io/cri-tools/cmd/crictl)
 log "built crictl in $((SECONDS - start))s"
 
-install_from "$out"
+tc_install "$out"
 check
-
-if mkdir -p "$cache_root" 2>/dev/null; then
-	have_all "$cache_dir" || rm -rf "$cache_dir"
-	tmp="$(mktemp -d "${cache_root}/.tmp.XXXXXX")"
-	for n in "${NAMES[@]}"; do cp "$out/$n" "$tmp/"; done
-	if mv -T "$tmp" "$cache_dir" 2>/dev/null; then log "cached binaries in ${cache_dir}"; else rm -rf "$tmp"; fi
-else
-	log "warning: cannot create ${cache_root}; binaries not cached"
-fi
+tc_publish "$out"

@@ -31,9 +31,10 @@ log() { echo "vault-tools: $*"; }
 
 key="$(cat go.mod go.sum build.sh | sha256sum | cut -c1-64)"
 cache_root="${KEYWARDEN_VAULT_CACHE:-${HOME:-/root}/.cache/keywarden/vault-tools}"
-cache_dir="${cache_root}/${key}"
 bin="${here}/bin"
-stamp="${bin}/.stamp"
+# shellcheck source=hack/toolcache.sh
+source "${here}/../../../hack/toolcache.sh"
+tc_init "$key" "${cache_root}/${key}" "$bin" vault
 
 check() { # the binary in bin/ runs and is the pinned version
 	local out
@@ -42,30 +43,7 @@ check() { # the binary in bin/ runs and is the pinned version
 	log "ok: ${out} in ${bin}"
 }
 
-install_from() { # dir
-	mkdir -p "$bin"
-	rm -f "$stamp"
-	cp "$1/vault" "$bin/.vault.tmp"
-	mv -f "$bin/.vault.tmp" "$bin/vault"
-	echo "$key" >"$stamp"
-}
-
-if [[ "${KEYWARDEN_TOOLS_REBUILD:-0}" != 1 ]]; then
-	if [[ -f "$stamp" && "$(cat "$stamp")" == "$key" && -x "$bin/vault" ]]; then
-		log "up to date in ${bin} (key ${key:0:12})"
-		check
-		exit 0
-	fi
-	if [[ -x "$cache_dir/vault" ]]; then
-		log "reusing cached binary from ${cache_dir}"
-		install_from "$cache_dir"
-		check
-		exit 0
-	fi
-	log "no cached binary at ${cache_dir}: building"
-else
-	log "KEYWARDEN_TOOLS_REBUILD=1: building"
-fi
+if tc_reuse; then check; exit 0; fi
 
 export GOWORK=off CGO_ENABLED=0
 log "$("$GO" version); GOFLAGS='$("$GO" env GOFLAGS)'"
@@ -93,19 +71,6 @@ log "building vault v${VAULT_VERSION} (one package; expect ~9 minutes cold)"
 "$GO" build -trimpath -ldflags "-s -w" -o "$out/vault" github.com/hashicorp/vault
 log "built vault in $((SECONDS - start))s, $(du -h "$out/vault" | cut -f1)"
 
-install_from "$out"
+tc_install "$out"
 check
-
-if mkdir -p "$cache_root" 2>/dev/null; then
-	[[ -x "$cache_dir/vault" ]] || rm -rf "$cache_dir"
-	tmp="$(mktemp -d "${cache_root}/.tmp.XXXXXX")"
-	cp "$out/vault" "$tmp/"
-	if mv -T "$tmp" "$cache_dir" 2>/dev/null; then
-		log "cached binary in ${cache_dir}"
-	else
-		rm -rf "$tmp"
-		log "cache ${cache_dir} already present, left as is"
-	fi
-else
-	log "warning: cannot create ${cache_root}; binary not cached"
-fi
+tc_publish "$out"
