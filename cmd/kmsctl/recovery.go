@@ -14,6 +14,7 @@ import (
 
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/offline"
+	"github.com/keywarden/keywarden/internal/snapshot"
 	"github.com/keywarden/keywarden/keystore/recovery"
 )
 
@@ -170,6 +171,7 @@ func writeNew(path string, b []byte, perm os.FileMode) error {
 
 type recoverFlags struct {
 	etcd           etcdFlags
+	snapshot       string
 	privateKey     string
 	pass           passphraseFlags
 	verify         bool
@@ -180,10 +182,12 @@ type recoverFlags struct {
 func newRecoverCmd(g *globals) *cobra.Command {
 	f := &recoverFlags{}
 	cmd := &cobra.Command{
-		Use:   "recover --private-key FILE --etcd-endpoints URL (--verify | --out-dir DIR --write-plaintext)",
+		Use:   "recover --private-key FILE (--etcd-endpoints URL | --snapshot FILE) (--verify | --out-dir DIR --write-plaintext)",
 		Short: "Decrypt every KMS v2 value in etcd with the private recovery key alone, no root keystore",
 		Long: `Decrypt every KMS v2 value in etcd with the private recovery keyset alone,
 through kube-apiserver's own KMS v2 envelope transformer (docs/disaster-recovery.md).
+It reads a live etcd (--etcd-endpoints) or an etcd snapshot file (--snapshot,
+from etcdctl snapshot save or a member's member/snap/db), with no etcd running.
 
 --verify decrypts everything and reports counts, writing nothing: run it
 after setting up a recovery key, and now and then, to know it works.
@@ -204,7 +208,9 @@ KEK predates the recovery key; or it did not open).`,
 	cmd.Flags().StringVar(&f.outDir, "out-dir", "", "write the objects as manifests into this new directory (0700, files 0600); needs --write-plaintext")
 	cmd.Flags().BoolVar(&f.writePlaintext, "write-plaintext", false, "confirm that --out-dir gets every object in clear")
 	_ = cmd.MarkFlagRequired("private-key")
-	_ = cmd.MarkFlagRequired("etcd-endpoints")
+	cmd.Flags().StringVar(&f.snapshot, "snapshot", "", "read this etcd snapshot file instead of a live etcd")
+	cmd.MarkFlagsOneRequired("etcd-endpoints", "snapshot")
+	cmd.MarkFlagsMutuallyExclusive("etcd-endpoints", "snapshot")
 	cmd.MarkFlagsMutuallyExclusive("verify", "out-dir")
 	cmd.MarkFlagsOneRequired("verify", "out-dir")
 	return cmd
@@ -240,11 +246,21 @@ func (f *recoverFlags) run(ctx context.Context, g *globals) error {
 	if err != nil {
 		return err
 	}
-	c, err := f.etcd.client()
-	if err != nil {
-		return err
+	var src audit.Getter
+	if f.snapshot != "" {
+		snap, err := snapshot.Open(f.snapshot)
+		if err != nil {
+			return err
+		}
+		src = snap
+	} else {
+		c, err := f.etcd.client()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		src = timedGetter{c, f.etcd.timeout}
 	}
-	defer c.Close()
 	opts := offline.Options{Scopes: scopes, PageSize: f.etcd.pageSize}
 	if f.outDir != "" {
 		d, err := offline.NewDir(f.outDir, f.etcd.prefix)
@@ -253,7 +269,7 @@ func (f *recoverFlags) run(ctx context.Context, g *globals) error {
 		}
 		opts.Write = d.Write
 	}
-	r, err := offline.Run(ctx, timedGetter{c, f.etcd.timeout}, key, opts)
+	r, err := offline.Run(ctx, src, key, opts)
 	if err != nil {
 		return err
 	}

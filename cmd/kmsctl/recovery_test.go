@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -161,6 +162,37 @@ func TestRecoverCommand(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(out, "secrets", "ns", "s1.yaml"))
 	if err != nil || !strings.Contains(string(b), "aHVudGVyMg==") || strings.Contains(string(b), "uid:") {
 		t.Fatalf("manifest %q (%v)", b, err)
+	}
+
+	// The same from a snapshot file, with no etcd.
+	snap := filepath.Join(dir, "snap.db")
+	rc, err := c.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sf, err := os.Create(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(sf, rc); err != nil || sf.Close() != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	snapBase := []string{"recover", "--snapshot", snap, "--private-key", privPath, "--passphrase-file", passFile}
+	r = run(t, "", false, append(snapBase, "--verify", "-o", "json")...)
+	rep = offline.Report{}
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &rep) != nil || rep.Decrypted != 1 || rep.Written != 0 {
+		t.Fatalf("recover --snapshot --verify: %+v", r)
+	}
+	out2 := filepath.Join(dir, "out2")
+	if r := run(t, "", false, append(snapBase, "--out-dir", out2, "--write-plaintext")...); r.code != 0 {
+		t.Fatalf("recover --snapshot --out-dir: %+v", r)
+	}
+	if b2, err := os.ReadFile(filepath.Join(out2, "secrets", "ns", "s1.yaml")); err != nil || string(b2) != string(b) {
+		t.Fatalf("manifest from the snapshot %q (%v), from etcd %q", b2, err, b)
+	}
+	if r := run(t, "", false, append(base, "--snapshot", snap, "--verify")...); r.code != exitUsage {
+		t.Fatalf("--snapshot with --etcd-endpoints: %+v", r)
 	}
 
 	// A value whose KEK predates the recovery key fails the verify.
