@@ -3,6 +3,7 @@ package kms
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"testing"
 
 	"k8s.io/kms/pkg/service"
@@ -159,5 +160,30 @@ func TestRecoveryConfig(t *testing.T) {
 	one := newRoots(t, recovery.Name)
 	if _, err := New(context.Background(), Config{Roots: one.backends(), Recovery: pub}); err == nil {
 		t.Fatal("a root named like the recovery key accepted")
+	}
+}
+
+// With one root and a recovery key the annotation is version 2, and the
+// breaker's probe still unwraps the root's copy for real (never the
+// recovery copy) before it closes.
+func TestRecoveryBreakerProbe(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	_, pub := newRecovery(t)
+	s := e.service(func(c *Config) { c.Recovery = pub })
+	encrypt(t, s, seed(t))
+	e.spy.SetErr(fmt.Errorf("%w: connection refused", keystore.ErrUnavailable))
+	s.Check(ctx)
+	if !s.circuitOpen() {
+		t.Fatal("breaker closed with the keystore down")
+	}
+	e.spy.SetErr(nil)
+	before := e.spy.Unwraps.Load()
+	s.Check(ctx)
+	if s.circuitOpen() {
+		t.Fatal("breaker still open after the keystore answered")
+	}
+	if n := e.spy.Unwraps.Load() - before; n != 1 {
+		t.Fatalf("%d unwraps by the probe, want 1 (of the root's copy)", n)
 	}
 }
