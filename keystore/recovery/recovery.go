@@ -39,6 +39,7 @@ import (
 	"golang.org/x/crypto/argon2"
 
 	"github.com/keywarden/keywarden/keystore"
+	"github.com/keywarden/keywarden/keystore/internal/secretfile"
 )
 
 // Name is the recovery key's backend name in the version-2 annotation. No
@@ -313,23 +314,28 @@ func ParsePublic(b []byte) (*PublicKey, error) {
 // URI). The file may be world-readable, but not writable by anyone but
 // its owner: who can replace it gets every new local KEK.
 func OpenPublic(path string) (*PublicKey, error) {
-	b, err := readFile(path, 0o022)
+	b, err := readPublic(path)
 	if err != nil {
 		return nil, err
 	}
 	return ParsePublic(b)
 }
 
-// OpenPrivate reads the private keyset file at path, which must be 0600.
+// OpenPrivate reads the private keyset file at path (a local path or a
+// file:// URI) under keywarden's rule for secret files: a regular file,
+// 0600 or stricter, owned by the process's user or root.
 func OpenPrivate(path string, passphrase []byte) (*PrivateKey, error) {
-	b, err := readFile(path, 0o077)
+	b, err := secretfile.Read("private recovery keyset", strings.TrimPrefix(path, "file://"), maxFile)
 	if err != nil {
 		return nil, err
 	}
 	return ParsePrivate(b, passphrase)
 }
 
-func readFile(path string, forbidden os.FileMode) ([]byte, error) {
+// readPublic reads the public keyset file: a regular file no one but its
+// owner may write.
+func readPublic(path string) ([]byte, error) {
+	const forbidden = 0o022
 	path = strings.TrimPrefix(path, "file://")
 	f, err := os.Open(path)
 	if err != nil {
@@ -339,6 +345,9 @@ func readFile(path string, forbidden os.FileMode) ([]byte, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("%w: recovery keyset: %v", keystore.ErrConfig, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: recovery keyset %s is not a regular file", keystore.ErrConfig, path)
 	}
 	if st.Mode().Perm()&forbidden != 0 {
 		return nil, fmt.Errorf("%w: recovery keyset %s has mode %04o, want none of %04o", keystore.ErrConfig, path, st.Mode().Perm(), forbidden)
