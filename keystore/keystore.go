@@ -35,6 +35,20 @@ type Backend interface {
 	Close() error
 }
 
+// Sealer is a key that can wrap but never unwrap: keywarden's offline
+// recovery key (package keystore/recovery), whose private half is not on
+// any node. Every new local KEK is also wrapped under it, so that the
+// holder of the private half can recover the cluster's data without any
+// root keystore. It is never asked to unwrap.
+type Sealer interface {
+	// Wrap encrypts pt under the public key, binding aad.
+	Wrap(ctx context.Context, pt, aad []byte) (Wrapped, error)
+	// KeyID names the public key, as Backend.KeyID names a root version.
+	KeyID(ctx context.Context) (string, error)
+	// Name is fixed and no Backend's Name.
+	Name() string
+}
+
 // SameVersion reports whether key_ids a and b name the same root key
 // version. A backend may end its key_ids with an identity tag, '#' and a
 // token, that tells its key apart from an earlier one it would otherwise

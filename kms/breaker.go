@@ -123,7 +123,7 @@ func (s *Service) probe(ctx context.Context, r *root) error {
 	if err != nil {
 		return err
 	}
-	c, ok := copyFor(a, r, s.multi())
+	c, ok := copyFor(a, r, s.v2())
 	if !ok {
 		return nil // check just made one under every root: r answered
 	}

@@ -33,6 +33,10 @@ type root struct {
 
 func (s *Service) multi() bool { return len(s.roots) > 1 }
 
+// v2 says whether a new local KEK is wrapped into a version-2 annotation:
+// with several roots, or with a recovery key.
+func (s *Service) v2() bool { return s.multi() || s.cfg.Recovery != nil }
+
 func (s *Service) allDown() bool {
 	for _, r := range s.roots {
 		if !r.down.Load() {
@@ -83,7 +87,14 @@ func (s *Service) readKeyID(ctx context.Context) (string, error) {
 	if first != nil {
 		return "", first
 	}
-	if !s.multi() {
+	if rec := s.cfg.Recovery; rec != nil {
+		kid, err := rec.KeyID(ctx)
+		if err != nil {
+			return "", fmt.Errorf("recovery key: %w", err)
+		}
+		ids = append(ids, kid)
+	}
+	if !s.v2() {
 		return ids[0], nil
 	}
 	kid, err := envelope.RootsKeyID(ids)
@@ -111,7 +122,21 @@ func (s *Service) wrapAll(ctx context.Context, key []byte) (ann []byte, keyID st
 		}
 		ws[i] = w
 	}
-	if !s.multi() {
+	names := make([]string, len(s.roots), len(s.roots)+1)
+	for i, r := range s.roots {
+		names[i] = r.name
+	}
+	if rec := s.cfg.Recovery; rec != nil {
+		// A local seal to a public key: no remote call, no timeout of
+		// its own.
+		w, err := rec.Wrap(ctx, key, envelope.RootAAD())
+		if err != nil {
+			return nil, "", false, fmt.Errorf("seal local KEK to the recovery key: %w", err)
+		}
+		ws = append(ws, w)
+		names = append(names, rec.Name())
+	}
+	if !s.v2() {
 		ann, err = envelope.EncodeKEK(ws[0].KeyID, ws[0].Ciphertext)
 		if err != nil {
 			return nil, "", true, fmt.Errorf("%w: keystore returned an unusable wrapped KEK: %v", keystore.ErrInvalid, err)
@@ -121,7 +146,7 @@ func (s *Service) wrapAll(ctx context.Context, key []byte) (ann []byte, keyID st
 	copies := make([]envelope.Copy, len(ws))
 	ids := make([]string, len(ws))
 	for i, w := range ws {
-		copies[i] = envelope.Copy{Backend: s.roots[i].name, KeyID: w.KeyID, RootCT: w.Ciphertext}
+		copies[i] = envelope.Copy{Backend: names[i], KeyID: w.KeyID, RootCT: w.Ciphertext}
 		ids[i] = w.KeyID
 	}
 	if ann, err = envelope.EncodeKEK2(copies); err == nil {
@@ -230,9 +255,10 @@ func (s *Service) unwrapAny(ctx context.Context, a envelope.Annotation, breaker 
 }
 
 // copyFor returns the copy of the current KEK that r made when it was
-// minted, if the KEK was minted under the configured roots.
-func copyFor(a envelope.Annotation, r *root, multi bool) (envelope.Copy, bool) {
-	if !multi {
+// minted, if the KEK was minted under the configured roots. v2 is
+// Service.v2.
+func copyFor(a envelope.Annotation, r *root, v2 bool) (envelope.Copy, bool) {
+	if !v2 {
 		return a.Copies[0], a.Version == envelope.Version1
 	}
 	if a.Version != envelope.Version2 || r.index >= len(a.Copies) || a.Copies[r.index].Backend != r.name {

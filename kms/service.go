@@ -77,9 +77,16 @@ type Config struct {
 	// wrapped under each, and a KEK not in memory is unwrapped by the
 	// first that answers, in this order. Set Backend or Roots, not both;
 	// Roots of one is Backend.
-	Roots   []keystore.Backend
-	Metrics *metrics.Metrics
-	Logger  *slog.Logger
+	Roots []keystore.Backend
+	// Recovery, if set, is the offline recovery key's public half: every
+	// new local KEK is also sealed to it, as one more copy after the
+	// roots' in a version-2 annotation (so, with one root, the annotation
+	// is version 2 too), and its key_id is part of the KEK's key_id. It
+	// counts as one of envelope.MaxRoots copies. It is never asked to
+	// unwrap: no root has its backend name.
+	Recovery keystore.Sealer
+	Metrics  *metrics.Metrics
+	Logger   *slog.Logger
 	// CheckInterval is how often the keystore is checked: the root key_id
 	// read, a rotation noticed, health refreshed.
 	CheckInterval time.Duration
@@ -201,6 +208,16 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 			return nil, fmt.Errorf("kms: Config.Roots[%d] is nil", i)
 		}
 		roots[i] = &root{b: b, name: b.Name(), index: i}
+	}
+	if cfg.Recovery != nil {
+		if len(roots)+1 > envelope.MaxRoots {
+			return nil, fmt.Errorf("kms: %d root keystores and a recovery key, at most %d in all", len(roots), envelope.MaxRoots)
+		}
+		for _, r := range roots {
+			if r.name == cfg.Recovery.Name() {
+				return nil, fmt.Errorf("kms: a root keystore has the recovery key's backend name %q", r.name)
+			}
+		}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/keywarden/keywarden/keystore"
 	"github.com/keywarden/keywarden/keystore/byuri"
+	"github.com/keywarden/keywarden/keystore/recovery"
 	"github.com/keywarden/keywarden/kms"
 	"github.com/keywarden/keywarden/kms/envelope"
 	"github.com/keywarden/keywarden/kms/kmsgrpc"
@@ -58,6 +59,7 @@ type options struct {
 	revalidate      time.Duration
 	maxUnwraps      int
 	stateFile       string
+	recoveryKey     string
 	shutdownTimeout time.Duration
 	logFormat       string
 	logLevel        string
@@ -92,6 +94,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.cacheSize, "kek-cache-size", kms.DefaultCacheSize, "unwrapped local KEKs kept in memory for Decrypt")
 	fs.DurationVar(&o.revalidate, "kek-revalidate-interval", kms.DefaultRevalidateInterval, "how often the root key versions of the KEKs in memory are re-checked: a disabled or destroyed version stops decrypting within about this long")
 	fs.IntVar(&o.maxUnwraps, "keystore-max-unwraps", kms.DefaultMaxUnwraps, "keystore unwraps (distinct local KEKs) in flight at once; a Decrypt needing one more gets ResourceExhausted")
+	fs.StringVar(&o.recoveryKey, "recovery-public-key", "", "public recovery keyset (file:///… or a path, from kmsctl recovery init): every new local KEK is also sealed to it, for offline recovery with the private keyset; a private keyset is refused (optional)")
 	fs.StringVar(&o.stateFile, "state-file", "", "keep the current wrapped local KEK here so restarts reuse it (optional)")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long SIGTERM waits for in-flight RPCs")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
@@ -162,6 +165,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		names = append(names, b.Name())
 	}
 
+	var rec *recovery.PublicKey
+	if o.recoveryKey != "" {
+		if rec, err = recovery.OpenPublic(o.recoveryKey); err != nil {
+			return fmt.Errorf("--recovery-public-key: %w", err)
+		}
+	}
+
 	m := metrics.New()
 	m.SetVersion(version)
 	cfg := kms.Config{
@@ -176,6 +186,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		RevalidateInterval: o.revalidate,
 		MaxUnwraps:         o.maxUnwraps,
 		StateFile:          o.stateFile,
+	}
+	if rec != nil {
+		cfg.Recovery = rec
 	}
 	if len(roots) == 1 {
 		cfg.Backend = roots[0]
@@ -231,7 +244,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	grpcErr := make(chan error, 1)
 	go func() { grpcErr <- srv.Serve(ln) }()
-	log.Info("keywarden serving KMS v2", "version", version, "socket", sockPath, "keystore", strings.Join(names, ","))
+	log.Info("keywarden serving KMS v2", "version", version, "socket", sockPath, "keystore", strings.Join(names, ","), "recovery_key", recoveryKeyID(rec))
 
 	var serveErr error
 	select {
@@ -259,4 +272,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// recoveryKeyID names the recovery key for the start-up log ("" if none).
+func recoveryKeyID(rec *recovery.PublicKey) string {
+	if rec == nil {
+		return ""
+	}
+	id, _ := rec.KeyID(context.Background())
+	return id
 }

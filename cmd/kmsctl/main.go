@@ -152,7 +152,7 @@ Exit codes: 0 ok; 1 failed; 2 usage error or confirmation missing;
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
-	root.AddCommand(newKeysCmd(g), newStatusCmd(g), newCheckCmd(g), newAuditCmd(g), newMigrateCmd(g), newRotateCmd(g))
+	root.AddCommand(newKeysCmd(g), newStatusCmd(g), newCheckCmd(g), newAuditCmd(g), newMigrateCmd(g), newRotateCmd(g), newRecoveryCmd(g), newRecoverCmd(g))
 	return root
 }
 

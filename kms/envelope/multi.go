@@ -18,7 +18,9 @@ import (
 // Copy i is the local KEK wrapped by root i (in --keystore order at the
 // time the KEK was made), with the same root AAD as version 1: every copy
 // wraps the same KEK. The key_id of the whole is RootsKeyID of the copies'
-// key_ids, in order; it is not stored, it is recomputed.
+// key_ids, in order; it is not stored, it is recomputed. The last copy may
+// be the offline recovery key's (backend "recovery", keystore/recovery),
+// which no node can open; it counts against MaxRoots like a root's.
 const Version2 byte = 2
 
 // Bounds of version 2. With MaxRoots copies at their largest the annotation
