@@ -110,6 +110,21 @@ type Manager interface {
 	Destroy(ctx context.Context, keyID string) error
 }
 
+// Importer is the optional ability to copy a root key version, key
+// material and all, from another keystore into this one, enabled and not
+// primary: how an HA rotation puts the version one control-plane node
+// added into every other node's keystore, so that each can decrypt what
+// any writes once it is promoted. The copy keeps its key_id. Importing a
+// version the keystore already holds changes nothing. The material never
+// crosses this interface: the implementation reads it from src itself, so
+// it can copy only from a keystore of its own kind; any other src is
+// refused with an error wrapping errors.ErrUnsupported. Backends whose
+// material cannot leave the provider (an HSM token, a cloud KMS) do not
+// implement it: they replicate versions by the provider's own means.
+type Importer interface {
+	Import(ctx context.Context, src Backend, keyID string) (KeyVersion, error)
+}
+
 // Sentinel errors. Backends wrap them with %w and add context that holds no
 // key material and no plaintext.
 var (

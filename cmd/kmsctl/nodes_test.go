@@ -12,6 +12,7 @@ import (
 
 	kmsapi "k8s.io/kms/apis/v2"
 
+	"github.com/keywarden/keywarden/internal/rotation"
 	"github.com/keywarden/keywarden/keystore"
 	"github.com/keywarden/keywarden/keystore/file"
 )
@@ -69,7 +70,7 @@ func haArgs(dir string, nodes []haNode) []string {
 
 func stepsDone(t *testing.T, stateFile string) map[string]string {
 	t.Helper()
-	st, err := loadRotateState(stateFile)
+	st, err := rotation.Load(stateFile)
 	if err != nil || st == nil {
 		t.Fatalf("state: %v %v", st, err)
 	}
@@ -97,7 +98,7 @@ func TestRotateNodes(t *testing.T) {
 		t.Fatalf("plan and warning: %+v", r)
 	}
 	done := stepsDone(t, filepath.Join(dir, "rotate.json"))
-	if done[stepAdd] != "done" || done[stepPromote] != "done" || done[stepPlugin] != "done" || done[stepPickup] != "failed" {
+	if done[rotation.StepAdd] != "done" || done[rotation.StepPromote] != "done" || done[rotation.StepPlugin] != "done" || done[rotation.StepPickup] != "failed" {
 		t.Fatalf("steps %v: %+v", done, r)
 	}
 	neu := primary(t, nodes[0].uri)
@@ -142,9 +143,9 @@ func TestRotateNodesRefuses(t *testing.T) {
 		}
 		dir := t.TempDir()
 		args := haArgs(dir, nodes)
-		st := rotateState{Version: 1, Keystore: nodes[0].uri, Nodes: []string{nodes[1].uri, nodes[2].uri}, OldKey: old, NewKey: neu,
-			Steps: []stepResult{{Name: stepAdd, Status: "done"}}}
-		if err := st.save(filepath.Join(dir, "rotate.json")); err != nil {
+		st := rotation.State{Version: 1, Keystore: nodes[0].uri, Nodes: []string{nodes[1].uri, nodes[2].uri}, OldKey: old, NewKey: neu,
+			Steps: []rotation.StepResult{{Name: rotation.StepAdd, Status: "done"}}}
+		if err := st.Save(filepath.Join(dir, "rotate.json")); err != nil {
 			t.Fatal(err)
 		}
 		r := run(t, "", false, append(args, "--resume")...)
@@ -178,7 +179,7 @@ func TestRotateNodesRefuses(t *testing.T) {
 		if r.code != exitProblem || !strings.Contains(r.stderr, "phase 1") {
 			t.Fatalf("rotate: %+v", r)
 		}
-		if done := stepsDone(t, filepath.Join(dir, "rotate.json")); done[stepAdd] != "failed" || done[stepPromote] != "" {
+		if done := stepsDone(t, filepath.Join(dir, "rotate.json")); done[rotation.StepAdd] != "failed" || done[rotation.StepPromote] != "" {
 			t.Fatalf("steps: %v", done)
 		}
 		for _, n := range nodes {
@@ -277,7 +278,7 @@ func TestRotateCountsAPIServers(t *testing.T) {
 	// Every node named: the guard passes (pickup then fails on the fake).
 	dir := t.TempDir()
 	r := run(t, "", false, withKC(haArgs(dir, nodes))...)
-	if done := stepsDone(t, filepath.Join(dir, "rotate.json")); done[stepPromote] != "done" || strings.Contains(r.stderr, "apiservers") {
+	if done := stepsDone(t, filepath.Join(dir, "rotate.json")); done[rotation.StepPromote] != "done" || strings.Contains(r.stderr, "apiservers") {
 		t.Fatalf("all nodes: %v %+v", done, r)
 	}
 	neu := primary(t, nodes[0].uri)

@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path"
 	"slices"
 	"strings"
@@ -14,81 +12,13 @@ import (
 
 	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 
-	"github.com/keywarden/keywarden/internal/atomicfile"
+	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/migrate"
-	"github.com/keywarden/keywarden/internal/stored"
+	"github.com/keywarden/keywarden/internal/rotation"
 	"github.com/keywarden/keywarden/keystore"
 	"github.com/keywarden/keywarden/keystore/byuri"
-	"github.com/keywarden/keywarden/keystore/file"
 )
-
-// The steps of a rotation, in order.
-const (
-	stepAdd     = "add"
-	stepPromote = "promote"
-	stepPlugin  = "plugin"
-	stepPickup  = "pickup"
-	stepMigrate = "migrate"
-	stepAudit   = "audit"
-)
-
-// rotateState is the rotation's state file: which steps are done, so that
-// --resume goes on after the first surprise. It records keystore URIs as
-// byuri.Redact prints them, and --resume compares them so.
-type rotateState struct {
-	Version  int          `json:"version"`
-	Keystore string       `json:"keystore"`
-	Nodes    []string     `json:"nodes,omitempty"`
-	OldKey   string       `json:"oldKeyID"`
-	NewKey   string       `json:"newKeyID,omitempty"`
-	Started  time.Time    `json:"started"`
-	Steps    []stepResult `json:"steps"`
-	Complete bool         `json:"complete"`
-}
-
-type stepResult struct {
-	Name    string  `json:"step"`
-	Status  string  `json:"status"` // done, failed, planned, checked
-	Detail  string  `json:"detail"`
-	Seconds float64 `json:"seconds"`
-}
-
-func (s *rotateState) done(step string) bool {
-	return slices.ContainsFunc(s.Steps, func(r stepResult) bool { return r.Name == step && r.Status == "done" })
-}
-
-func (s *rotateState) record(r stepResult) {
-	s.Steps = slices.DeleteFunc(s.Steps, func(o stepResult) bool { return o.Name == r.Name })
-	s.Steps = append(s.Steps, r)
-}
-
-func loadRotateState(p string) (*rotateState, error) {
-	b, err := os.ReadFile(p)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var s rotateState
-	if err := json.Unmarshal(b, &s); err != nil || s.Version != 1 {
-		return nil, fmt.Errorf("rotation state file %s is not one kmsctl wrote (%v)", p, err)
-	}
-	return &s, nil
-}
-
-func (s *rotateState) save(p string) error {
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(p, append(b, '\n'), 0o600)
-}
 
 type rotateFlags struct {
 	keystore      string
@@ -112,17 +42,12 @@ type rotateFlags struct {
 
 // rotateOut is the rotation report.
 type rotateOut struct {
-	DryRun  bool         `json:"dryRun"`
-	State   *rotateState `json:"rotation"`
-	Migrate *migrateOut  `json:"migrate,omitempty"`
-	Audit   *auditOut    `json:"audit,omitempty"`
-	Next    []string     `json:"next,omitempty"`
+	DryRun  bool            `json:"dryRun"`
+	State   *rotation.State `json:"rotation"`
+	Migrate *migrateOut     `json:"migrate,omitempty"`
+	Audit   *auditOut       `json:"audit,omitempty"`
+	Next    []string        `json:"next,omitempty"`
 }
-
-// surprise is a rotation stop: exit 3 with a resume hint.
-type surprise struct{ msg string }
-
-func (s surprise) Error() string { return s.msg }
 
 func newRotateCmd(g *globals) *cobra.Command {
 	var f rotateFlags
@@ -236,66 +161,31 @@ func (g *globals) rotate(ctx context.Context, f *rotateFlags) (err error) {
 	if err != nil {
 		return err
 	}
-	primary := ""
-	for _, v := range vs {
-		if v.Primary {
-			primary = v.KeyID
-		}
-	}
+	primary := rotation.Primary(vs)
 
-	st, err := loadRotateState(f.stateFile)
+	st, err := rotation.Begin(f.stateFile, rotation.Request{
+		Resume: f.resume, DryRun: f.dryRun, Keystore: f.keystore, Nodes: f.nodes,
+		OldKey: f.oldKey, NewKey: f.newKey, Versions: vs, Now: g.now().UTC(), Redact: byuri.Redact,
+	})
 	if err != nil {
-		return err
-	}
-	switch {
-	case f.resume && st == nil:
-		return usageError{fmt.Errorf("--resume: no rotation recorded in %s", f.stateFile)}
-	case f.resume && st.Complete:
-		return usageError{fmt.Errorf("--resume: the rotation in %s is complete", f.stateFile)}
-	case f.resume && byuri.Redact(st.Keystore) != byuri.Redact(f.keystore):
-		return usageError{fmt.Errorf("--resume: %s records keystore %s, not %s", f.stateFile, byuri.Redact(st.Keystore), byuri.Redact(f.keystore))}
-	case f.resume && !slices.Equal(redactAll(st.Nodes), redactAll(f.nodes)):
-		return usageError{fmt.Errorf("--resume: %s records --nodes %s, not %s", f.stateFile, strings.Join(redactAll(st.Nodes), ","), strings.Join(redactAll(f.nodes), ","))}
-	case !f.resume && !f.dryRun && st != nil && !st.Complete:
-		return usageError{fmt.Errorf("a rotation from %s to %s is in progress in %s: add --resume, or remove the file to start over",
-			st.OldKey, orNone(st.NewKey), f.stateFile)}
-	case !f.resume:
-		st = &rotateState{Version: 1, Keystore: byuri.Redact(f.keystore), Nodes: redactAll(f.nodes), OldKey: f.oldKey, NewKey: f.newKey, Started: g.now().UTC()}
-		if st.OldKey == "" {
-			st.OldKey = primary
-		}
-	}
-	if st.OldKey == st.NewKey && st.NewKey != "" {
-		return usageError{fmt.Errorf("--old-key and --new-key are both %s", st.NewKey)}
-	}
-	if f.newKey != "" && !slices.ContainsFunc(vs, func(v keystore.KeyVersion) bool { return v.KeyID == f.newKey }) {
-		return usageError{fmt.Errorf("--new-key %s is not in %s: add it (and distribute it) first", f.newKey, byuri.Redact(f.keystore))}
-	}
-	if !slices.ContainsFunc(vs, func(v keystore.KeyVersion) bool { return v.KeyID == st.OldKey }) {
-		return usageError{fmt.Errorf("old key %s is not in %s", st.OldKey, byuri.Redact(f.keystore))}
+		return exitFor(err)
 	}
 	out := &rotateOut{DryRun: f.dryRun, State: st}
+	r := g.rotationRunner(f, out, &rotation.Node{URI: byuri.Redact(f.keystore), Backend: b, Manager: m})
 
 	// Preflight, also what --dry-run shows: the plugin must be healthy and
 	// serve the keystore's primary, else this is not the keystore it uses.
-	pst, err := f.sock.status(ctx)
-	if err != nil {
-		return err
-	}
-	if pst.Healthz != "ok" {
-		return problem("plugin is not healthy (%s): fix that before rotating", pst.Healthz)
-	}
-	if !f.resume && pst.KeyId != primary {
-		return problem("plugin's Status key_id %s is not %s's primary %s: is --keystore the keystore this plugin uses, and has it reloaded?",
-			pst.KeyId, byuri.Redact(f.keystore), primary)
+	if err := r.CheckPlugin(ctx, primary); err != nil {
+		return exitFor(err)
 	}
 	nodes, closeNodes, err := openNodes(ctx, f.keystore, f.nodes)
 	if err != nil {
 		return err
 	}
 	defer closeNodes()
-	if err := g.preflightNodes(ctx, f, st, nodes, primary); err != nil {
-		return err
+	r.Nodes = nodes
+	if err := r.CheckNodes(ctx, primary); err != nil {
+		return exitFor(err)
 	}
 
 	if f.dryRun {
@@ -315,7 +205,7 @@ func (g *globals) rotate(ctx context.Context, f *rotateFlags) (err error) {
 	if err := g.confirm(plan, f.yes); err != nil {
 		return err
 	}
-	if err := st.save(f.stateFile); err != nil {
+	if err := st.Save(f.stateFile); err != nil {
 		return fmt.Errorf("writing rotation state: %w", err)
 	}
 
@@ -323,132 +213,14 @@ func (g *globals) rotate(ctx context.Context, f *rotateFlags) (err error) {
 		if err == nil {
 			return
 		}
-		_ = st.save(f.stateFile)
 		_ = g.printRotate(out)
-		var s surprise
+		var s rotation.Surprise
 		if errors.As(err, &s) || !isUsage(err) {
 			fmt.Fprintf(g.stderr, "\nkmsctl: rotation stopped: %v\nFix the cause, then resume with:\n  %s\n", err, g.resumeHint(f))
 		}
-		if errors.As(err, &s) {
-			err = problem("%s", s.msg)
-		}
+		err = exitFor(err)
 	}()
-
-	run := func(name string, fn func() (string, error)) error {
-		if st.done(name) {
-			return nil
-		}
-		t0 := g.now()
-		detail, err := fn()
-		r := stepResult{Name: name, Status: "done", Detail: detail, Seconds: g.now().Sub(t0).Seconds()}
-		if err != nil {
-			r.Status, r.Detail = "failed", err.Error()
-		}
-		st.record(r)
-		if serr := st.save(f.stateFile); serr != nil && err == nil {
-			err = fmt.Errorf("writing rotation state: %w", serr)
-		}
-		fmt.Fprintf(g.stderr, "rotate: %s: %s (%s)\n", name, r.Status, strings.TrimSpace(r.Detail))
-		return err
-	}
-
-	steps := []struct {
-		name string
-		fn   func() (string, error)
-	}{
-		{stepAdd, func() (string, error) {
-			detail := "using existing version " + st.NewKey
-			if st.NewKey == "" {
-				v, err := m.Add(ctx)
-				if err != nil {
-					return "", err
-				}
-				st.NewKey = v.KeyID
-				detail = "added " + v.KeyID
-			}
-			if len(nodes) == 0 {
-				return detail, nil
-			}
-			// Phase 1 of the HA rotation: NEW on every node, or no promote.
-			d, err := distribute(ctx, b, nodes, st.NewKey)
-			return detail + d, err
-		}},
-		{stepPromote, func() (string, error) {
-			if len(nodes) > 0 {
-				return promoteEverywhere(ctx, m, nodes, st.NewKey)
-			}
-			vs, err := m.List(ctx)
-			if err != nil {
-				return "", err
-			}
-			for _, v := range vs {
-				if v.KeyID == st.NewKey && v.Primary {
-					return st.NewKey + " was already primary", nil
-				}
-			}
-			if err := m.Promote(ctx, st.NewKey); err != nil {
-				return "", err
-			}
-			return "promoted " + st.NewKey, nil
-		}},
-		{stepPlugin, func() (string, error) {
-			var details []string
-			for _, sock := range append([]string{f.sock.socket}, f.nodeSockets...) {
-				d, err := g.waitPlugin(ctx, &socketFlags{socket: sock, timeout: f.sock.timeout}, f.pluginTimeout, st.NewKey)
-				if err != nil {
-					return "", err
-				}
-				details = append(details, d)
-			}
-			return strings.Join(details, "; "), nil
-		}},
-		{stepPickup, func() (string, error) { return g.waitPickup(ctx, f, st.NewKey) }},
-		{stepMigrate, func() (string, error) {
-			mf := f.mig
-			mf.stateFile = f.stateFile + ".migrate.json"
-			mo, err := g.runMigrate(ctx, &mf, "kmsctl-rotate-"+stored.Digest([]byte(st.NewKey))[:8])
-			out.Migrate = mo
-			if err != nil {
-				return "", err
-			}
-			if mo.Summary != nil {
-				if mo.Summary.Failed > 0 {
-					return "", surprise{fmt.Sprintf("%d objects failed to migrate (listed in the report)", mo.Summary.Failed)}
-				}
-				return fmt.Sprintf("rewritten %d, skipped %d", mo.Summary.Rewritten, mo.Summary.Skipped), nil
-			}
-			return fmt.Sprintf("%d StorageVersionMigrations succeeded", len(mo.SVM)), nil
-		}},
-		{stepAudit, func() (string, error) {
-			a, err := f.etcd.run(ctx, g.stderr)
-			if err != nil {
-				return "", err
-			}
-			out.Audit = a
-			if n := a.InUse(st.OldKey); n > 0 {
-				return "", surprise{fmt.Sprintf("the audit still counts %d objects under %s (written meanwhile by an apiserver that had not picked up the new key, or missed by the migration); --resume migrates and audits again", n, st.OldKey)}
-			}
-			if f.failPlain && a.Plaintext+a.Unrecognized > 0 {
-				return "", surprise{fmt.Sprintf("the audit counts %d plaintext objects (--fail-on-plaintext)", a.Plaintext+a.Unrecognized)}
-			}
-			if a.Malformed+a.BadAnnotation > 0 {
-				fmt.Fprintf(g.stderr, "warning: the audit counts %d malformed values and %d with a bad keywarden annotation: see the report\n", a.Malformed, a.BadAnnotation)
-			}
-			return fmt.Sprintf("0 objects under %s; %d under %s; %d plaintext", st.OldKey, a.InUse(st.NewKey), st.NewKey, a.Plaintext), nil
-		}},
-	}
-	for _, s := range steps {
-		if err := run(s.name, s.fn); err != nil {
-			if s.name == stepAudit {
-				// A resume must migrate again before it audits again.
-				st.Steps = slices.DeleteFunc(st.Steps, func(r stepResult) bool { return r.Name == stepMigrate })
-				_ = os.Remove(f.stateFile + ".migrate.json")
-			}
-			return err
-		}
-	}
-	st.Complete = true
-	if err := st.save(f.stateFile); err != nil {
+	if err := r.Run(ctx); err != nil {
 		return err
 	}
 	out.Next = []string{
@@ -459,6 +231,87 @@ func (g *globals) rotate(ctx context.Context, f *rotateFlags) (err error) {
 	return g.printRotate(out)
 }
 
+// exitFor gives rotation's error kinds kmsctl's exit codes: a surprise is a
+// problem (3), a refused request a usage error (2).
+func exitFor(err error) error {
+	var s rotation.Surprise
+	if errors.As(err, &s) {
+		return problem("%s", s.Msg)
+	}
+	var u rotation.UsageError
+	if errors.As(err, &u) {
+		return usageError{err}
+	}
+	return err
+}
+
+// rotationRunner wires the rotation protocol to kmsctl's flags and clients.
+// The pickup, migrate and audit steps reach the cluster only when they run,
+// and fill out with their reports.
+func (g *globals) rotationRunner(f *rotateFlags, out *rotateOut, self *rotation.Node) *rotation.Runner {
+	plugin := func(sock string) rotation.Plugin {
+		s := &socketFlags{socket: sock, timeout: f.sock.timeout}
+		return rotation.Plugin{Socket: sock, Status: s.status}
+	}
+	r := &rotation.Runner{
+		Path: f.stateFile, State: out.State, Resume: f.resume,
+		Keystore: self, Plugin: plugin(f.sock.socket), PluginTimeout: f.pluginTimeout,
+		FailOnPlaintext: f.failPlain, Log: g.stderr, Now: g.now,
+	}
+	for _, s := range f.nodeSockets {
+		r.NodePlugins = append(r.NodePlugins, plugin(s))
+	}
+	r.APIServers = func(ctx context.Context) (int, error) {
+		k, err := f.mig.kube.connect()
+		if err != nil {
+			return 0, err
+		}
+		return rotation.CountAPIServers(ctx, k.dyn)
+	}
+	r.Pickup = func(ctx context.Context, keyID string) (string, error) {
+		k, err := f.mig.kube.connect()
+		if err != nil {
+			return "", err
+		}
+		c, err := f.etcd.client()
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		return rotation.WaitPickup(ctx, rotation.Canary{
+			Client: k.dyn, Readyz: k.disc.RESTClient(), Get: func(ctx context.Context, key string) ([]byte, bool, error) {
+				ctx, cancel := context.WithTimeout(ctx, f.etcd.timeout)
+				defer cancel()
+				resp, err := c.Get(ctx, key, clientv3.WithLimit(1))
+				if err != nil || len(resp.Kvs) != 1 {
+					return nil, false, err
+				}
+				return resp.Kvs[0].Value, true, nil
+			},
+			Prefix: f.etcd.prefix, Namespace: f.canaryNS, Window: f.pickupWindow, Poll: f.pickupPoll, Now: g.now,
+		}, keyID)
+	}
+	r.Migrate = func(ctx context.Context, stateFile, svmPrefix string) (*migrate.Summary, []migrate.SVMResult, error) {
+		mf := f.mig
+		mf.stateFile = stateFile
+		mo, err := g.runMigrate(ctx, &mf, svmPrefix)
+		out.Migrate = mo
+		if err != nil {
+			return nil, nil, err
+		}
+		return mo.Summary, mo.SVM, nil
+	}
+	r.Audit = func(ctx context.Context) (*audit.Report, error) {
+		a, err := f.etcd.run(ctx, g.stderr)
+		if err != nil {
+			return nil, err
+		}
+		out.Audit = a
+		return a.Report, nil
+	}
+	return r
+}
+
 func orNone(s string) string {
 	if s == "" {
 		return "(none yet)"
@@ -466,150 +319,35 @@ func orNone(s string) string {
 	return s
 }
 
-// waitPlugin polls the plugin's Status on sock until it reports keyID.
-func (g *globals) waitPlugin(ctx context.Context, sock *socketFlags, timeout time.Duration, keyID string) (string, error) {
-	t0 := g.now()
-	var last string
-	for {
-		r, err := sock.status(ctx)
-		if err == nil && r.KeyId == keyID && r.Healthz == "ok" {
-			return fmt.Sprintf("%s: Status key_id %s after %s", sock.socket, keyID, g.now().Sub(t0).Round(time.Second)), nil
-		}
-		if err != nil {
-			last = err.Error()
-		} else {
-			last = fmt.Sprintf("key_id %s, healthz %s", r.KeyId, r.Healthz)
-		}
-		if g.now().Sub(t0) > timeout {
-			return "", surprise{fmt.Sprintf("keywarden on %s did not report key_id %s within --plugin-timeout %s (last: %s): is it running on this keystore?", sock.socket, keyID, timeout, last)}
-		}
-		if err := sleep(ctx, time.Second); err != nil {
-			return "", err
-		}
-	}
-}
-
-var secretsGVR = schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
-
-const canaryName = "kmsctl-rotation-canary"
-
-// waitPickup writes a canary Secret through the apiserver and reads its
-// stored value from etcd until it is under keyID.
-func (g *globals) waitPickup(ctx context.Context, f *rotateFlags, keyID string) (string, error) {
-	k, err := f.mig.kube.connect()
-	if err != nil {
-		return "", err
-	}
-	c, err := f.etcd.client()
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	secrets := k.dyn.Resource(secretsGVR).Namespace(f.canaryNS)
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		_ = secrets.Delete(dctx, canaryName, metav1.DeleteOptions{})
-	}()
-	etcdKey := strings.TrimSuffix(path.Clean(f.etcd.prefix), "/") + "/secrets/" + f.canaryNS + "/" + canaryName
-	t0 := g.now()
-	var last string
-	for i := 0; ; i++ {
-		if i > 0 {
-			// kube-apiserver calls Status once a minute, and also for
-			// /readyz/kms-providers when its last answer is over 20 s old
-			// (as a load balancer's probe would): ask, to learn sooner.
-			_ = k.disc.RESTClient().Get().AbsPath("/readyz/kms-providers").Do(ctx).Error()
-		}
-		obj := &unstructured.Unstructured{Object: map[string]any{
-			"apiVersion": "v1", "kind": "Secret",
-			"metadata":   map[string]any{"name": canaryName, "namespace": f.canaryNS, "labels": map[string]any{"app.kubernetes.io/managed-by": "kmsctl"}},
-			"stringData": map[string]any{"probe": fmt.Sprintf("%d-%d", g.now().UnixNano(), i)},
-		}}
-		_, err := secrets.Update(ctx, obj, metav1.UpdateOptions{FieldManager: "kmsctl-rotate"})
-		if apierrors.IsNotFound(err) {
-			_, err = secrets.Create(ctx, obj, metav1.CreateOptions{FieldManager: "kmsctl-rotate"})
-		}
-		if err != nil {
-			return "", fmt.Errorf("writing the canary Secret %s/%s: %w", f.canaryNS, canaryName, err)
-		}
-		gctx, cancel := context.WithTimeout(ctx, f.etcd.timeout)
-		resp, err := c.Get(gctx, etcdKey, clientv3.WithLimit(1))
-		cancel()
-		if err != nil {
-			return "", fmt.Errorf("reading the canary from etcd: %w", err)
-		}
-		if len(resp.Kvs) == 1 {
-			v := stored.Parse(resp.Kvs[0].Value)
-			switch {
-			case v.Class == stored.KMSv2 && v.Object.KeyID == keyID:
-				return fmt.Sprintf("kube-apiserver wrote the canary under %s after %s", keyID, g.now().Sub(t0).Round(time.Second)), nil
-			case v.Class == stored.KMSv2:
-				last = "canary stored under " + v.Object.KeyID
-			default:
-				return "", surprise{fmt.Sprintf("the canary Secret is stored as %s, not KMS v2: are Secrets encrypted by keywarden, and is --prefix (%s) kube-apiserver's --etcd-prefix?", v.Label(), f.etcd.prefix)}
-			}
-		} else {
-			last = "canary not found in etcd at " + etcdKey
-		}
-		if g.now().Sub(t0) > f.pickupWindow {
-			return "", surprise{fmt.Sprintf("kube-apiserver did not start using %s within --pickup-window %s (%s)", keyID, f.pickupWindow, last)}
-		}
-		if err := sleep(ctx, f.pickupPoll); err != nil {
-			return "", err
-		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // rotateDryRun checks everything rotate needs and shows the plan.
-func (g *globals) rotateDryRun(ctx context.Context, f *rotateFlags, out *rotateOut, vs []keystore.KeyVersion, primary string, nodes []*node) error {
+func (g *globals) rotateDryRun(ctx context.Context, f *rotateFlags, out *rotateOut, vs []keystore.KeyVersion, primary string, nodes []*rotation.Node) error {
 	st := out.State
-	plan := func(name, detail string) { st.record(stepResult{Name: name, Status: "planned", Detail: detail}) }
+	plan := func(name, detail string) {
+		st.Record(rotation.StepResult{Name: name, Status: rotation.StatusPlanned, Detail: detail})
+	}
 	if st.NewKey != "" {
-		plan(stepAdd, "use existing version "+st.NewKey)
+		plan(rotation.StepAdd, "use existing version "+st.NewKey)
 		if st.NewKey == primary {
-			plan(stepPromote, st.NewKey+" is already primary")
+			plan(rotation.StepPromote, st.NewKey+" is already primary")
 		} else {
-			plan(stepPromote, "promote "+st.NewKey)
+			plan(rotation.StepPromote, "promote "+st.NewKey)
 		}
 	} else {
-		plan(stepAdd, fmt.Sprintf("add a version to %s (%d now)", byuri.Redact(f.keystore), len(vs)))
-		plan(stepPromote, "promote it (primary now: "+primary+")")
+		plan(rotation.StepAdd, fmt.Sprintf("add a version to %s (%d now)", byuri.Redact(f.keystore), len(vs)))
+		plan(rotation.StepPromote, "promote it (primary now: "+primary+")")
 	}
 	if len(nodes) > 0 {
 		// The two phases, and what each node has now.
-		var have []string
-		for _, n := range nodes {
-			_, ok, err := versionOn(ctx, n.m, st.NewKey)
-			if err != nil {
-				return fmt.Errorf("node %s: %w", n.uri, err)
-			}
-			how := "will be copied"
-			switch {
-			case st.NewKey != "" && ok:
-				how = "has it"
-			case n.b.Name() != file.Name:
-				how = "must get it from its token's replication; rotate only checks"
-			}
-			have = append(have, n.uri+": "+how)
+		have, err := rotation.PlanNodes(ctx, nodes, st.NewKey)
+		if err != nil {
+			return err
 		}
 		add := out.State.Steps[0]
-		plan(stepAdd, add.Detail+"; phase 1: put it on every other node ("+strings.Join(have, "; ")+") and check all have it enabled")
-		plan(stepPromote, fmt.Sprintf("phase 2, only once every node has it: promote it in all %d keystores", 1+len(nodes)))
+		plan(rotation.StepAdd, add.Detail+"; phase 1: put it on every other node ("+strings.Join(have, "; ")+") and check all have it enabled")
+		plan(rotation.StepPromote, fmt.Sprintf("phase 2, only once every node has it: promote it in all %d keystores", 1+len(nodes)))
 	}
-	plan(stepPlugin, fmt.Sprintf("wait up to %s for Status key_id to change on %s (now %s, healthy)", f.pluginTimeout, strings.Join(append([]string{f.sock.socket}, f.nodeSockets...), ", "), primary))
-	plan(stepPickup, fmt.Sprintf("write Secret %s/%s every %s until etcd shows it under the new key, up to %s", f.canaryNS, canaryName, f.pickupPoll, f.pickupWindow))
+	plan(rotation.StepPlugin, fmt.Sprintf("wait up to %s for Status key_id to change on %s (now %s, healthy)", f.pluginTimeout, strings.Join(append([]string{f.sock.socket}, f.nodeSockets...), ", "), primary))
+	plan(rotation.StepPickup, fmt.Sprintf("write Secret %s/%s every %s until etcd shows it under the new key, up to %s", f.canaryNS, rotation.CanaryName, f.pickupPoll, f.pickupWindow))
 	k, err := f.mig.kube.connect()
 	if err != nil {
 		return err
@@ -629,13 +367,13 @@ func (g *globals) rotateDryRun(ctx context.Context, f *rotateFlags, out *rotateO
 	for _, t := range ts {
 		targets = append(targets, t.Name)
 	}
-	plan(stepMigrate, fmt.Sprintf("via %s on %s: %s (qps %g, concurrency %d)", f.mig.via, k.cfg.Host, strings.Join(targets, ", "), f.mig.kube.qps, f.mig.concurrency))
+	plan(rotation.StepMigrate, fmt.Sprintf("via %s on %s: %s (qps %g, concurrency %d)", f.mig.via, k.cfg.Host, strings.Join(targets, ", "), f.mig.kube.qps, f.mig.concurrency))
 	a, err := f.etcd.run(ctx, g.stderr)
 	if err != nil {
 		return err
 	}
 	out.Audit = a
-	plan(stepAudit, fmt.Sprintf("require 0 objects under %s (now %d of %d)", st.OldKey, a.InUse(st.OldKey), a.Objects))
+	plan(rotation.StepAudit, fmt.Sprintf("require 0 objects under %s (now %d of %d)", st.OldKey, a.InUse(st.OldKey), a.Objects))
 	return g.printRotate(out)
 }
 

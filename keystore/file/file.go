@@ -58,8 +58,9 @@ type Backend struct {
 }
 
 var (
-	_ keystore.Backend = (*Backend)(nil)
-	_ keystore.Manager = (*Backend)(nil)
+	_ keystore.Backend  = (*Backend)(nil)
+	_ keystore.Manager  = (*Backend)(nil)
+	_ keystore.Importer = (*Backend)(nil)
 )
 
 type version struct {

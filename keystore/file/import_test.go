@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/keywarden/keywarden/keystore"
+	"github.com/keywarden/keywarden/keystore/keystoretest"
 )
 
 // TestImport is the HA case: node B's keyset is a copy of node A's; a
@@ -69,5 +70,24 @@ func TestImport(t *testing.T) {
 	c := openNew(t)
 	if _, err := c.Import(ctx, a, old); !errors.Is(err, keystore.ErrKeyDisabled) {
 		t.Fatalf("disabled version: %v", err)
+	}
+}
+
+// TestImportOtherKind: the material never leaves through the interface, so
+// a src that is not a file keystore (here a file keystore behind a wrapper
+// that hides it) is refused as unsupported, and the keyset is untouched.
+func TestImportOtherKind(t *testing.T) {
+	ctx := context.Background()
+	a, b := openNew(t), openNew(t)
+	v, err := a.Add(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var imp keystore.Importer = b
+	if _, err := imp.Import(ctx, keystoretest.NewSpy(a), v.KeyID); !errors.Is(err, errors.ErrUnsupported) {
+		t.Fatalf("import from a wrapped backend: %v", err)
+	}
+	if vs, err := b.List(ctx); err != nil || len(vs) != 1 {
+		t.Fatalf("after a refused import: %+v %v", vs, err)
 	}
 }

@@ -239,17 +239,23 @@ func (b *Backend) Destroy(ctx context.Context, keyID string) error {
 	})
 }
 
-// Import copies version keyID, key material and Tink ID alike, from src into
-// b's keyset, enabled and not primary: how one control-plane node's keyset
+// Import implements keystore.Importer: it copies version keyID, key
+// material and Tink ID alike, from src, another file keystore, into b's
+// keyset, enabled and not primary: how one control-plane node's keyset
 // gets the version another node's added, so that both can decrypt what
 // either writes once it is promoted. The copy has the same key ID (the ID
 // fingerprints the key). Importing a version b already has changes nothing;
-// a different key under the same Tink ID is refused.
-func (b *Backend) Import(ctx context.Context, src *Backend, keyID string) (keystore.KeyVersion, error) {
+// a different key under the same Tink ID is refused, and so, with
+// errors.ErrUnsupported, is a src of another kind.
+func (b *Backend) Import(ctx context.Context, src keystore.Backend, keyID string) (keystore.KeyVersion, error) {
 	if err := ctx.Err(); err != nil {
 		return keystore.KeyVersion{}, err
 	}
-	h, _, err := readHandle(src.path)
+	sf, ok := src.(*Backend)
+	if !ok {
+		return keystore.KeyVersion{}, fmt.Errorf("%w: the file keystore copies versions only from another file keystore, not from %s", errors.ErrUnsupported, src.Name())
+	}
+	h, _, err := readHandle(sf.path)
 	if err != nil {
 		return keystore.KeyVersion{}, err
 	}
@@ -261,13 +267,13 @@ func (b *Backend) Import(ctx context.Context, src *Backend, keyID string) (keyst
 		}
 		if ek, ok := e.Key().(*aesgcm.Key); ok && keyIDFor(e.KeyID(), ek) == keyID {
 			if e.KeyStatus() != keyset.Enabled {
-				return keystore.KeyVersion{}, fmt.Errorf("%w: %q is %s in %s", keystore.ErrKeyDisabled, keyID, state(e.KeyStatus()), src.path)
+				return keystore.KeyVersion{}, fmt.Errorf("%w: %q is %s in %s", keystore.ErrKeyDisabled, keyID, state(e.KeyStatus()), sf.path)
 			}
 			k = ek
 		}
 	}
 	if k == nil {
-		return keystore.KeyVersion{}, fmt.Errorf("%w: no version %q in %s", keystore.ErrKeyNotFound, short(keyID), src.path)
+		return keystore.KeyVersion{}, fmt.Errorf("%w: no version %q in %s", keystore.ErrKeyNotFound, short(keyID), sf.path)
 	}
 	tinkID, _ := k.IDRequirement()
 	out := keystore.KeyVersion{KeyID: keyID, State: keystore.KeyEnabled}

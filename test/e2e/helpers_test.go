@@ -16,7 +16,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 
+	"github.com/keywarden/keywarden/internal/rotation"
 	"github.com/keywarden/keywarden/internal/stored"
 	"github.com/keywarden/keywarden/kms/envelope"
 	"github.com/keywarden/keywarden/test/e2e/cluster"
@@ -179,30 +181,26 @@ func getSecretValue(ctx context.Context, a *cluster.APIServer, ns, name, key str
 	return v, nil
 }
 
-// waitForWriteKeyID rewrites a canary secret through a until its stored
-// value carries keyID, and returns how long that took. kube-apiserver
-// learns a new key_id from Status, which it calls once a minute in the
-// background and from /readyz/kms-providers when its cached answer is over
-// 20 s old; like a load balancer's probe, this polls readyz meanwhile.
+// waitForWriteKeyID waits, as kmsctl rotate's pickup step does
+// (rotation.WaitPickup), until a's writes are stored under keyID, and
+// returns how long that took: it rewrites a canary secret of its own in ns
+// and reads it back from etcd, asking /readyz/kms-providers between writes
+// so that kube-apiserver calls Status sooner than its once a minute. The
+// canary stays: tests count it.
 func waitForWriteKeyID(t *testing.T, ctx context.Context, c *cluster.Etcd, a *cluster.APIServer, provider, ns, keyID string) time.Duration {
 	t.Helper()
-	name := "canary-" + strings.ToLower(unique("k")[:10])
-	return eventually(t, 150*time.Second, 2*time.Second, "apiserver writes under key "+keyID, func() error {
-		_, _, _ = a.Readyz(ctx, "kms-providers")
-		if err := putSecret(ctx, a, ns, name, map[string][]byte{"v": []byte(unique("canary"))}); err != nil {
-			return err
-		}
-		raw, _, err := c.Get(ctx, secretKey(ns, name))
-		if err != nil {
-			return err
-		}
-		obj, err := cluster.ParseKMSv2(raw, provider)
-		if err != nil {
-			return err
-		}
-		if obj.KeyID != keyID {
-			return fmt.Errorf("canary written under %q", obj.KeyID)
-		}
-		return nil
-	})
+	dyn, err := dynamic.NewForConfig(a.RESTConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = rotation.WaitPickup(ctx, rotation.Canary{
+		Client: dyn, Readyz: a.Client.Discovery().RESTClient(), Get: c.Get,
+		Prefix: "/registry", Namespace: ns, Name: "canary-" + strings.ToLower(unique("k")[:10]),
+		Provider: provider, Window: 150 * time.Second, Poll: 2 * time.Second, Keep: true,
+	}, keyID)
+	if err != nil {
+		t.Fatalf("apiserver writes under key %s: %v", keyID, err)
+	}
+	return time.Since(start)
 }
