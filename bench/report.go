@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -146,13 +147,16 @@ func (r *Report) Compare(target, base string) error {
 	return nil
 }
 
-// WriteJSON writes r to path, indented.
-func WriteJSON(path string, r *Report) error {
-	b, err := json.MarshalIndent(r, "", "  ")
+// WriteJSON writes v (a Report, or a scenario's own summary) to path as
+// compact JSON on one line, with LocalPaths redacted: results are committed,
+// and indentation and local paths are weight and noise in the repository
+// (bench/results_test.go holds them to it).
+func WriteJSON(path string, v any) error {
+	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, append(b, '\n'), 0o644)
+	return os.WriteFile(path, append(LocalPaths().Redact(b), '\n'), 0o644)
 }
 
 func us(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(time.Microsecond)) }
@@ -183,8 +187,15 @@ func ratios(xs []float64) string {
 
 // WriteMarkdown writes r as markdown tables: the verdicts first, then every
 // figure behind them. Absolute numbers are medians over rounds; ratios are
-// medians of per-round ratios.
+// medians of per-round ratios. LocalPaths are redacted, as in WriteJSON.
 func WriteMarkdown(w io.Writer, r *Report) error {
+	var b bytes.Buffer
+	writeMarkdown(&b, r)
+	_, err := w.Write(LocalPaths().Redact(b.Bytes()))
+	return err
+}
+
+func writeMarkdown(w io.Writer, r *Report) {
 	p := func(format string, a ...any) { fmt.Fprintf(w, format, a...) }
 	m := r.Meta
 	p("Run of %s (%s), commit `%s`, %s.\n\n", m.Start.UTC().Format("2006-01-02 15:04 UTC"), m.Duration.Round(time.Second), m.Commit, m.GoVersion)
@@ -334,7 +345,6 @@ func WriteMarkdown(w io.Writer, r *Report) error {
 		}
 		p("\n")
 	}
-	return nil
 }
 
 // medianSummary takes the median of each field over rounds.

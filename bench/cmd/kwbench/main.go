@@ -185,7 +185,7 @@ type env struct {
 	stores   []*rig.Keystore
 }
 
-func run(ctx context.Context, args []string, stdout io.Writer) error {
+func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	o, err := parseFlags(args)
 	if err != nil {
 		return err
@@ -218,10 +218,19 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(e.work)
-	logf, err := os.Create(filepath.Join(o.out, "servers.log"))
+	logPath := filepath.Join(o.out, "servers.log")
+	logf, err := os.Create(logPath)
 	if err != nil {
 		return err
 	}
+	// The servers log their sockets and keysets under e.work: redact the
+	// local paths once every server has stopped (the later defers run
+	// first).
+	defer func() {
+		if rerr := bench.LocalPaths().RedactFile(logPath); rerr != nil && err == nil {
+			err = rerr
+		}
+	}()
 	defer logf.Close()
 	e.logs = logf
 	e.keystore = "file://" + filepath.Join(e.work, "keyset.json")
