@@ -289,9 +289,70 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
+// serverKind is what a server process is: it says which binary runs, with
+// which flags, and how the keystore calls it makes are counted.
+type serverKind int
+
+const (
+	floorKind     serverKind = iota // kwfloor: the no-op plugin; no keystore, no HTTP
+	keywardenKind                   // the shipped binary; keystore calls from its /metrics
+	labKind                         // kwlab; keystore calls from its spy (/spy)
+)
+
+func (k serverKind) binary() string {
+	switch k {
+	case keywardenKind:
+		return "keywarden"
+	case labKind:
+		return "kwlab"
+	default:
+		return "kwfloor"
+	}
+}
+
+// hasHTTP says whether the server serves HTTP (metrics, spy) on an address
+// of its own.
+func (k serverKind) hasHTTP() bool { return k != floorKind }
+
+// args are the flags that start a server of kind k on listen, over
+// keystore, serving HTTP on httpAddr.
+func (k serverKind) args(listen, keystore, httpAddr string) []string {
+	switch k {
+	case keywardenKind:
+		return []string{"--listen", listen, "--keystore", keystore, "--metrics-addr", httpAddr}
+	case labKind:
+		return []string{"--listen", listen, "--keystore", keystore, "--http-addr", httpAddr}
+	default:
+		return []string{"--listen", listen}
+	}
+}
+
+// unwraps returns how to count the keystore unwraps of a server of kind k
+// serving HTTP on httpAddr, or nil for the floor, which has no keystore.
+func (k serverKind) unwraps(httpAddr string) func(context.Context) (int64, error) {
+	switch k {
+	case keywardenKind:
+		return func(ctx context.Context) (int64, error) {
+			return bench.FetchKeystoreCalls(ctx, httpAddr, "unwrap")
+		}
+	case labKind:
+		return func(ctx context.Context) (int64, error) {
+			n, err := bench.FetchSpy(ctx, httpAddr)
+			return n.Unwraps, err
+		}
+	default:
+		return nil
+	}
+}
+
+// spied says whether kwlab's keystore spy counts every keystore call of the
+// server (wraps, unwraps, key_id reads): the sweep's table of keystore
+// calls.
+func (k serverKind) spied() bool { return k == labKind }
+
 type server struct {
 	name string
-	kind string // floor, keywarden, lab
+	kind serverKind
 	args []string
 	// keystore overrides the run's file keystore; env is added to the
 	// server's environment.
@@ -344,12 +405,12 @@ func perCallLimit(k *rig.Keystore) float64 {
 	return 1.8
 }
 
-func floorServer() server { return server{name: floorName, kind: "floor"} }
+func floorServer() server { return server{name: floorName, kind: floorKind} }
 
-func kwServer(extra ...string) server { return server{name: kwName, kind: "keywarden", args: extra} }
+func kwServer(extra ...string) server { return server{name: kwName, kind: keywardenKind, args: extra} }
 
 func labServer(name, mode string, delay time.Duration, extra ...string) server {
-	return server{name: name, kind: "lab", args: append([]string{"--mode", mode, "--keystore-delay", delay.String()}, extra...)}
+	return server{name: name, kind: labKind, args: append([]string{"--mode", mode, "--keystore-delay", delay.String()}, extra...)}
 }
 
 // start starts s on a fresh socket.
@@ -357,31 +418,19 @@ func (e *env) start(ctx context.Context, s server) (*bench.Process, error) {
 	e.n++
 	sock := filepath.Join(e.work, fmt.Sprintf("s%d", e.n), "kms.sock")
 	listen := "unix://" + sock
-	var bin string
-	var args []string
 	httpAddr := ""
+	if s.kind.hasHTTP() {
+		a, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		httpAddr = a
+	}
 	ks := e.keystore
 	if s.keystore != "" {
 		ks = s.keystore
 	}
-	switch s.kind {
-	case "floor":
-		bin, args = "kwfloor", []string{"--listen", listen}
-	case "keywarden":
-		a, err := freeAddr()
-		if err != nil {
-			return nil, err
-		}
-		httpAddr = a
-		bin, args = "keywarden", []string{"--listen", listen, "--keystore", ks, "--metrics-addr", a}
-	case "lab":
-		a, err := freeAddr()
-		if err != nil {
-			return nil, err
-		}
-		httpAddr = a
-		bin, args = "kwlab", []string{"--listen", listen, "--keystore", ks, "--http-addr", a}
-	}
+	bin, args := s.kind.binary(), s.kind.args(listen, ks, httpAddr)
 	args = append(args, s.args...)
 	logged := make([]string, len(args))
 	for i, a := range args {
@@ -487,7 +536,7 @@ func sweep(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error
 		tab := bench.Table{Title: "Keystore calls during the sweep (since server start)",
 			Header: []string{"target", "measured calls", "keystore wraps", "keystore unwraps", "keystore key_id reads"}}
 		for i, s := range servers {
-			if s.kind != "lab" {
+			if !s.kind.spied() {
 				continue
 			}
 			n, err := bench.FetchSpy(ctx, procs[i].HTTP)
@@ -571,22 +620,13 @@ func (e *env) starter(s server) func(ctx context.Context) (*bench.StormInstance,
 			_ = p.Stop()
 			return nil, err
 		}
-		inst := &bench.StormInstance{Client: c, PID: p.PID(), Stop: func() error {
-			_ = c.Close()
-			return p.Stop()
-		}}
-		switch s.kind {
-		case "keywarden":
-			inst.KeystoreCalls = func(ctx context.Context) (int64, error) {
-				return bench.FetchKeystoreCalls(ctx, p.HTTP, "unwrap")
-			}
-		case "lab":
-			inst.KeystoreCalls = func(ctx context.Context) (int64, error) {
-				n, err := bench.FetchSpy(ctx, p.HTTP)
-				return n.Unwraps, err
-			}
-		}
-		return inst, nil
+		return &bench.StormInstance{
+			Client: c, PID: p.PID(), KeystoreCalls: s.kind.unwraps(p.HTTP),
+			Stop: func() error {
+				_ = c.Close()
+				return p.Stop()
+			},
+		}, nil
 	}
 }
 
