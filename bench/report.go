@@ -92,7 +92,8 @@ type ProcessMemory struct {
 	AfterLoad Memory `json:"after_load"`
 }
 
-// Check is one target from the issue, measured.
+// Check is one target from the issues (a Gate), measured; or, with Info,
+// a figure reported beside them that has no target.
 type Check struct {
 	Name   string  `json:"name"`
 	Figure float64 `json:"figure"`
@@ -101,6 +102,10 @@ type Check struct {
 	Unit   string  `json:"unit,omitempty"`
 	Met    bool    `json:"met"`
 	Detail string  `json:"detail,omitempty"`
+	// NotMeasured: the figure could not be measured (Figure is 0).
+	NotMeasured bool `json:"not_measured,omitempty"`
+	// Info: reported, not a target; neither met nor missed.
+	Info bool `json:"info,omitempty"`
 }
 
 // NewCheck compares figure with limit. A NaN figure (not measured) is
@@ -109,6 +114,7 @@ func NewCheck(name string, figure float64, cmp string, limit float64, unit, deta
 	c := Check{Name: name, Figure: finite(figure), Cmp: cmp, Limit: limit, Unit: unit, Detail: detail}
 	if math.IsNaN(figure) {
 		c.Detail = strings.TrimSpace("not measured. " + detail)
+		c.NotMeasured = true
 		return c
 	}
 	switch cmp {
@@ -210,6 +216,10 @@ func writeMarkdown(w io.Writer, r *Report) {
 	if len(r.Checks) > 0 {
 		p("### Targets\n\n| target | measured | limit | met |\n|---|---:|---:|:---:|\n")
 		for _, c := range r.Checks {
+			if c.Info {
+				p("| %s | %.3g%s | – | – |\n", c.Name, c.Figure, c.Unit)
+				continue
+			}
 			met := "**no**"
 			if c.Met {
 				met = "yes"
