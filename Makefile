@@ -22,7 +22,7 @@ TOOLS           := $(BIN)/tools
 TAGS            ?=
 LEAN_TAGS       := noaws,nogcp,noazure,novault
 
-.PHONY: all build build-nopkcs11 build-lean run test unit fuzz lint fmt vet golangci-lint vulncheck \
+.PHONY: all build build-nopkcs11 build-lean run test check unit unit-short fuzz lint fmt vet golangci-lint vulncheck \
         bench bench-socket bench-keystores bench-quick bench-apiserver soak e2e-tools node-tools vault-tools e2e outage-start outage-wait e2e-node e2e-node-if-enabled faults faults-update image clean kind-up kind-e2e kind-down
 
 all: build
@@ -63,6 +63,17 @@ test: lint e2e-tools outage-start unit fuzz build-nopkcs11 build-lean e2e e2e-no
 
 unit:
 	$(GO) test -race -count=1 ./...
+
+# The everyday loop for contributors, not what CI runs (that is make test):
+# gofmt, go vet of every build variant, and the unit tests with -short
+# (the fault matrix and the Vault AppRole expiry wait skip themselves)
+# and without -race, cached by go test, so a second run re-tests only
+# what changed. Nothing behind the e2e or node tags runs. Timings:
+# README.md, "Tests".
+check: fmt vet unit-short
+
+unit-short:
+	$(GO) test -short ./...
 
 # Each fuzz target briefly, from its committed corpus (testdata/fuzz).
 FUZZTIME ?= 10s

@@ -1,7 +1,9 @@
 package bench
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -83,6 +85,7 @@ func sweepResult() *SweepResult {
 		}
 		c.All = c.Rounds[0]
 		c.CDF = []CDFPoint{{p50s[0], 0.5}, {3 * p50s[0], 1}}
+		c.PlotCDF = c.CDF
 		return c
 	}
 	return &SweepResult{
@@ -92,6 +95,24 @@ func sweepResult() *SweepResult {
 			cell("floor", []time.Duration{100, 200, 100}, []float64{1000, 500, 1000}),
 			cell("kw", []time.Duration{105, 220, 110}, []float64{950, 450, 960}),
 		},
+	}
+}
+
+// A Recorder's cells keep the quantile CDF for the report and a dense one
+// for the plots.
+func TestRecorderCDFs(t *testing.T) {
+	rec := NewRecorder([]string{OpEncrypt}, []int{1}, []string{"kw"}, 1, time.Second)
+	lat := make([]time.Duration, 20000)
+	for i := range lat {
+		lat[i] = time.Duration(20000 - i)
+	}
+	rec.Add("kw", OpEncrypt, 1, Sample{Latencies: lat, Elapsed: time.Second}, 0)
+	c := rec.Result(400).Cell("kw", OpEncrypt, 1)
+	if len(c.PlotCDF) != 400 || len(c.CDF) != len(CDFPercentiles) {
+		t.Errorf("%d plot points, %d report points; want 400 and %d", len(c.PlotCDF), len(c.CDF), len(CDFPercentiles))
+	}
+	if c.CDF[0].Latency != 1 || c.CDF[len(c.CDF)-1].Latency != 20000 {
+		t.Errorf("report CDF %v: want the minimum and the maximum", c.CDF)
 	}
 }
 
@@ -139,12 +160,33 @@ func TestReportWriters(t *testing.T) {
 			t.Errorf("%s is not a PNG (%v)", f, err)
 		}
 	}
+	r.Meta.Command = "kwbench --out " + filepath.Join(os.TempDir(), "kwbench-out")
 	if err := WriteJSON(filepath.Join(dir, "r.json"), r); err != nil {
 		t.Fatal(err)
+	}
+	// Compact, one line, no local path, and the CDFs at CDFPercentiles.
+	b, err := os.ReadFile(filepath.Join(dir, "r.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Count(b, []byte("\n")) != 1 || !bytes.HasSuffix(b, []byte("\n")) || !bytes.Contains(b, []byte(`"command":"kwbench --out $TMPDIR/kwbench-out"`)) {
+		t.Errorf("results JSON not compact or not redacted:\n%s", b)
+	}
+	var back Report
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range back.Sweep.Cells {
+		if len(c.CDF) > len(CDFPercentiles) || len(c.PlotCDF) != 0 {
+			t.Errorf("%s %s c=%d: %d CDF points written, %d plot points", c.Target, c.Op, c.Concurrency, len(c.CDF), len(c.PlotCDF))
+		}
 	}
 	var md strings.Builder
 	if err := WriteMarkdown(&md, r); err != nil {
 		t.Fatal(err)
+	}
+	if strings.Contains(md.String(), os.TempDir()+"/") {
+		t.Errorf("markdown names %s:\n%s", os.TempDir(), md.String())
 	}
 	for _, want := range []string{"| p50 / floor | 1.1× | <= 1.1× | yes |", "| tput / floor | 0.94× | >= 0.95× | **no** |", "| 1 | kw | 950 | 0.1 |"} {
 		if !strings.Contains(md.String(), want) {

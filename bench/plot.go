@@ -180,11 +180,19 @@ func cdfPlot(path string, s *SweepResult, op string, conc int) error {
 	p.Y.Min, p.Y.Max = 0, 1
 	for i, t := range s.Targets {
 		cell := s.Cell(t, op, conc)
-		if cell == nil || len(cell.CDF) == 0 {
+		if cell == nil {
 			continue
 		}
-		xys := make(plotter.XYs, 0, len(cell.CDF))
-		for _, pt := range cell.CDF {
+		// A report read back from JSON has only the stored CDF.
+		cdf := cell.PlotCDF
+		if len(cdf) == 0 {
+			cdf = cell.CDF
+		}
+		if len(cdf) == 0 {
+			continue
+		}
+		xys := make(plotter.XYs, 0, len(cdf))
+		for _, pt := range cdf {
 			xys = append(xys, plotter.XY{X: float64(pt.Latency) / float64(time.Microsecond), Y: pt.Fraction})
 		}
 		if err := addLine(p, i, t, xys, false); err != nil {

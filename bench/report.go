@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -91,7 +92,8 @@ type ProcessMemory struct {
 	AfterLoad Memory `json:"after_load"`
 }
 
-// Check is one target from the issue, measured.
+// Check is one target from the issues (a Gate), measured; or, with Info,
+// a figure reported beside them that has no target.
 type Check struct {
 	Name   string  `json:"name"`
 	Figure float64 `json:"figure"`
@@ -100,6 +102,10 @@ type Check struct {
 	Unit   string  `json:"unit,omitempty"`
 	Met    bool    `json:"met"`
 	Detail string  `json:"detail,omitempty"`
+	// NotMeasured: the figure could not be measured (Figure is 0).
+	NotMeasured bool `json:"not_measured,omitempty"`
+	// Info: reported, not a target; neither met nor missed.
+	Info bool `json:"info,omitempty"`
 }
 
 // NewCheck compares figure with limit. A NaN figure (not measured) is
@@ -108,6 +114,7 @@ func NewCheck(name string, figure float64, cmp string, limit float64, unit, deta
 	c := Check{Name: name, Figure: finite(figure), Cmp: cmp, Limit: limit, Unit: unit, Detail: detail}
 	if math.IsNaN(figure) {
 		c.Detail = strings.TrimSpace("not measured. " + detail)
+		c.NotMeasured = true
 		return c
 	}
 	switch cmp {
@@ -146,13 +153,16 @@ func (r *Report) Compare(target, base string) error {
 	return nil
 }
 
-// WriteJSON writes r to path, indented.
-func WriteJSON(path string, r *Report) error {
-	b, err := json.MarshalIndent(r, "", "  ")
+// WriteJSON writes v (a Report, or a scenario's own summary) to path as
+// compact JSON on one line, with LocalPaths redacted: results are committed,
+// and indentation and local paths are weight and noise in the repository
+// (bench/results_test.go holds them to it).
+func WriteJSON(path string, v any) error {
+	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, append(b, '\n'), 0o644)
+	return os.WriteFile(path, append(LocalPaths().Redact(b), '\n'), 0o644)
 }
 
 func us(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(time.Microsecond)) }
@@ -183,8 +193,15 @@ func ratios(xs []float64) string {
 
 // WriteMarkdown writes r as markdown tables: the verdicts first, then every
 // figure behind them. Absolute numbers are medians over rounds; ratios are
-// medians of per-round ratios.
+// medians of per-round ratios. LocalPaths are redacted, as in WriteJSON.
 func WriteMarkdown(w io.Writer, r *Report) error {
+	var b bytes.Buffer
+	writeMarkdown(&b, r)
+	_, err := w.Write(LocalPaths().Redact(b.Bytes()))
+	return err
+}
+
+func writeMarkdown(w io.Writer, r *Report) {
 	p := func(format string, a ...any) { fmt.Fprintf(w, format, a...) }
 	m := r.Meta
 	p("Run of %s (%s), commit `%s`, %s.\n\n", m.Start.UTC().Format("2006-01-02 15:04 UTC"), m.Duration.Round(time.Second), m.Commit, m.GoVersion)
@@ -199,6 +216,10 @@ func WriteMarkdown(w io.Writer, r *Report) error {
 	if len(r.Checks) > 0 {
 		p("### Targets\n\n| target | measured | limit | met |\n|---|---:|---:|:---:|\n")
 		for _, c := range r.Checks {
+			if c.Info {
+				p("| %s | %.3g%s | – | – |\n", c.Name, c.Figure, c.Unit)
+				continue
+			}
 			met := "**no**"
 			if c.Met {
 				met = "yes"
@@ -334,7 +355,6 @@ func WriteMarkdown(w io.Writer, r *Report) error {
 		}
 		p("\n")
 	}
-	return nil
 }
 
 // medianSummary takes the median of each field over rounds.

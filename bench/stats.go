@@ -57,9 +57,13 @@ func Percentile(sorted []time.Duration, p float64) time.Duration {
 	if n == 0 {
 		return 0
 	}
+	return sorted[nearestRank(n, p)-1]
+}
+
+// nearestRank is the 1-based rank of the p-th percentile of n values.
+func nearestRank(n int, p float64) int {
 	rank := int(math.Ceil(p / 100 * float64(n)))
-	rank = min(max(rank, 1), n)
-	return sorted[rank-1]
+	return min(max(rank, 1), n)
 }
 
 // Median returns the median of xs (the mean of the two middle values for an
@@ -105,7 +109,8 @@ type CDFPoint struct {
 }
 
 // CDF returns at most points points of the empirical CDF of sorted, evenly
-// spaced in rank, always including the maximum.
+// spaced in rank, always including the maximum. It is dense enough to draw;
+// reports keep QuantileCDF instead.
 func CDF(sorted []time.Duration, points int) []CDFPoint {
 	n := len(sorted)
 	if n == 0 || points <= 0 {
@@ -116,6 +121,66 @@ func CDF(sorted []time.Duration, points int) []CDFPoint {
 	for i := 1; i <= points; i++ {
 		rank := int(math.Ceil(float64(i) * float64(n) / float64(points)))
 		out = append(out, CDFPoint{Latency: sorted[rank-1], Fraction: float64(rank) / float64(n)})
+	}
+	return out
+}
+
+// CDFPercentiles are the points of the latency CDF a report keeps (32 of
+// them): the minimum (0) and the maximum (100), every 5 % of the body, and
+// finer steps in both tails, where latency CDFs bend. 50, 90, 99 and 99.9
+// are among them, so a report's CDF holds its p50, p90 and p99 exactly.
+var CDFPercentiles = []float64{
+	0, 0.1, 0.5, 1, 2, 5,
+	10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 75, 80, 85, 90,
+	92.5, 95, 97.5, 99, 99.5, 99.9, 99.95, 99.99, 100,
+}
+
+// QuantileCDF returns the points of the empirical CDF of sorted at
+// CDFPercentiles: each the nearest-rank percentile (as Percentile computes
+// it, so equal to a Summary's P50, P90, P99 and Max) with its exact
+// fraction of calls, rank/n; the 0th is the minimum. Percentiles that fall
+// on the same rank (few values) give one point.
+func QuantileCDF(sorted []time.Duration) []CDFPoint {
+	n := len(sorted)
+	if n == 0 {
+		return nil
+	}
+	out := make([]CDFPoint, 0, len(CDFPercentiles))
+	last := 0
+	for _, p := range CDFPercentiles {
+		rank := 1
+		if p > 0 {
+			rank = nearestRank(n, p)
+		}
+		if rank == last {
+			continue
+		}
+		last = rank
+		out = append(out, CDFPoint{Latency: sorted[rank-1], Fraction: float64(rank) / float64(n)})
+	}
+	return out
+}
+
+// ThinCDF reduces a dense CDF (CDF's, points in rising order) to at most
+// one point per CDFPercentiles entry, for reports written before they kept
+// QuantileCDF: its first point, then for each percentile the first point
+// whose fraction reaches it. Where the dense CDF holds a percentile's
+// nearest rank (p50, p90 and p99 of a 400-point CDF), the point kept is
+// exactly QuantileCDF's; elsewhere it is the next point above. The maximum
+// is always kept.
+func ThinCDF(dense []CDFPoint) []CDFPoint {
+	if len(dense) == 0 {
+		return nil
+	}
+	out := []CDFPoint{dense[0]}
+	i := 0
+	for _, p := range CDFPercentiles[1:] {
+		for i < len(dense)-1 && dense[i].Fraction < p/100 {
+			i++
+		}
+		if dense[i] != out[len(out)-1] {
+			out = append(out, dense[i])
+		}
 	}
 	return out
 }

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"math"
+	"slices"
 	"testing"
 	"time"
 )
@@ -134,5 +135,91 @@ func TestCDF(t *testing.T) {
 	}
 	if CDF(nil, 10) != nil {
 		t.Error("CDF of nothing should be nil")
+	}
+}
+
+// QuantileCDF keeps the minimum, the maximum and, exactly, the percentiles
+// a Summary reports, at their true fractions.
+func TestQuantileCDF(t *testing.T) {
+	if len(CDFPercentiles) != 32 {
+		t.Errorf("%d CDF percentiles, want 32", len(CDFPercentiles))
+	}
+	for _, n := range []int{1, 7, 1000, 26388} {
+		lat := make([]time.Duration, n)
+		for i := range lat {
+			lat[i] = time.Duration((i*7919)%n + 1000) // a permutation, then sorted
+		}
+		sum := Summarize(lat, 0, time.Second)
+		got := QuantileCDF(lat)
+		if len(got) == 0 || len(got) > len(CDFPercentiles) {
+			t.Fatalf("n=%d: %d points", n, len(got))
+		}
+		if got[0].Latency != lat[0] || got[len(got)-1] != (CDFPoint{sum.Max, 1}) {
+			t.Errorf("n=%d: first %v, last %v; want the minimum %v and the maximum %v", n, got[0], got[len(got)-1], lat[0], sum.Max)
+		}
+		for i := 1; i < len(got); i++ {
+			if got[i].Fraction <= got[i-1].Fraction || got[i].Latency < got[i-1].Latency {
+				t.Fatalf("n=%d: points not rising at %d: %v", n, i, got)
+			}
+		}
+		has := func(d time.Duration, p float64) bool {
+			for _, pt := range got {
+				if pt.Latency == d && pt.Fraction == float64(nearestRank(n, p))/float64(n) {
+					return true
+				}
+			}
+			return false
+		}
+		for _, c := range []struct {
+			p float64
+			d time.Duration
+		}{{50, sum.P50}, {90, sum.P90}, {99, sum.P99}, {99.9, Percentile(lat, 99.9)}} {
+			if !has(c.d, c.p) {
+				t.Errorf("n=%d: no point at p%g = %v in %v", n, c.p, c.d, got)
+			}
+		}
+	}
+	if QuantileCDF(nil) != nil {
+		t.Error("QuantileCDF of nothing should be nil")
+	}
+}
+
+// ThinCDF of a 400-point CDF keeps what QuantileCDF would have kept where
+// the dense CDF holds that rank: p50, p90, p99 and the maximum.
+func TestThinCDF(t *testing.T) {
+	const n = 26388
+	lat := make([]time.Duration, n)
+	for i := range lat {
+		lat[i] = time.Duration(i * i)
+	}
+	dense := CDF(lat, 400)
+	thin := ThinCDF(dense)
+	if len(thin) > len(CDFPercentiles) || thin[0] != dense[0] || thin[len(thin)-1] != dense[len(dense)-1] {
+		t.Fatalf("thin %v", thin)
+	}
+	exact := map[CDFPoint]bool{}
+	for _, pt := range QuantileCDF(lat) {
+		exact[pt] = true
+	}
+	sum := Summarize(lat, 0, time.Second)
+	for _, d := range []time.Duration{sum.P50, sum.P90, sum.P99, sum.Max} {
+		found := false
+		for _, pt := range thin {
+			found = found || (pt.Latency == d && exact[pt])
+		}
+		if !found {
+			t.Errorf("no exact point at %v in %v", d, thin)
+		}
+	}
+	for _, pt := range thin {
+		if !slices.Contains(dense, pt) {
+			t.Errorf("%v is not a point of the dense CDF", pt)
+		}
+	}
+	if ThinCDF(nil) != nil {
+		t.Error("ThinCDF of nothing should be nil")
+	}
+	if got := ThinCDF(dense[:1]); len(got) != 1 {
+		t.Errorf("one point: %v", got)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	kmsapi "k8s.io/kms/apis/v2"
+
 	"github.com/keywarden/keywarden/bench"
 	"github.com/keywarden/keywarden/bench/floor"
 	"github.com/keywarden/keywarden/bench/lab"
@@ -61,9 +63,15 @@ func TestStormKeystoreCalls(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { _ = inst.Stop() }()
-		seeds, reqs, n, err := bench.Mint(ctx, inst.Client, decrypts, conc)
+		// Only one of the two: Encrypts made by Mint first would leave the
+		// current KEK part used, and MintPerKEK would then find 11 KEKs.
+		var seeds [][]byte
+		var reqs []*kmsapi.EncryptResponse
+		var n int
 		if cfg.KEKMaxUses > 0 {
 			seeds, reqs, n, err = bench.MintPerKEK(ctx, inst.Client, decrypts, int(cfg.KEKMaxUses))
+		} else {
+			seeds, reqs, n, err = bench.Mint(ctx, inst.Client, decrypts, conc)
 		}
 		if err != nil {
 			t.Fatal(err)

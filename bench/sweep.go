@@ -44,20 +44,25 @@ type SweepConfig struct {
 	Calls    int
 	Warmup   time.Duration
 	// Pool is how many distinct seeds (and ciphertexts) calls cycle over.
-	Pool      int
+	Pool int
+	// CDFPoints is how many points of each cell's latency CDF the plots
+	// draw (Cell.PlotCDF); the report keeps QuantileCDF's.
 	CDFPoints int
 	Progress  io.Writer
 }
 
 // Cell is one target at one op and concurrency, over all rounds.
 type Cell struct {
-	Target      string     `json:"target"`
-	Op          string     `json:"op"`
-	Concurrency int        `json:"concurrency"`
-	Rounds      []Summary  `json:"rounds"`
-	All         Summary    `json:"all"`
-	CDF         []CDFPoint `json:"cdf"`
-	RSSPeakKiB  int64      `json:"rss_peak_kib,omitempty"`
+	Target      string    `json:"target"`
+	Op          string    `json:"op"`
+	Concurrency int       `json:"concurrency"`
+	Rounds      []Summary `json:"rounds"`
+	All         Summary   `json:"all"`
+	// CDF is the latency CDF over all rounds at CDFPercentiles, as reports
+	// keep it; PlotCDF is a denser one for the plots, never written.
+	CDF        []CDFPoint `json:"cdf"`
+	PlotCDF    []CDFPoint `json:"-"`
+	RSSPeakKiB int64      `json:"rss_peak_kib,omitempty"`
 }
 
 // SweepResult is every cell of a sweep.
@@ -231,8 +236,8 @@ func (r *Recorder) Add(target, op string, conc int, s Sample, rssPeak int64) Sum
 	return sum
 }
 
-// Result summarises every cell over all its rounds, with a CDF of at most
-// cdfPoints points.
+// Result summarises every cell over all its rounds, with its CDF at
+// CDFPercentiles and, for the plots, one of at most cdfPoints points.
 func (r *Recorder) Result(cdfPoints int) *SweepResult {
 	for _, c := range r.res.Cells {
 		lat := r.merged[c]
@@ -241,7 +246,8 @@ func (r *Recorder) Result(cdfPoints int) *SweepResult {
 			elapsed += x.Elapsed
 		}
 		c.All = Summarize(lat, r.errs[c], elapsed)
-		c.CDF = CDF(lat, max(cdfPoints, 2))
+		c.CDF = QuantileCDF(lat)
+		c.PlotCDF = CDF(lat, max(cdfPoints, 2))
 	}
 	return r.res
 }

@@ -37,6 +37,19 @@ func envInt(t *testing.T, name string, def int) int {
 	return n
 }
 
+// gateMode is $KWBENCH_GATES: "report" (the default) prints a PASS, FAIL
+// or INFO line per gate; "enforce" also fails the test on a failed one.
+// Read at the start of a test, so that a bad value fails before an hour of
+// measuring.
+func gateMode(t *testing.T) bench.GateMode {
+	t.Helper()
+	m, err := bench.ParseGateMode(os.Getenv("KWBENCH_GATES"))
+	if err != nil {
+		t.Fatalf("KWBENCH_GATES: %v", err)
+	}
+	return m
+}
+
 // outDir is $KWBENCH_OUT, or a fresh folder under bench/results/tmp.
 func outDir(t *testing.T, name string) string {
 	t.Helper()
@@ -184,6 +197,7 @@ func fastClient(t *testing.T, a *cluster.APIServer) *kubernetes.Clientset {
 func TestAPIServerThroughput(t *testing.T) {
 	n := envInt(t, "KWBENCH_OBJECTS", 3000)
 	cycles := envInt(t, "KWBENCH_CYCLES", 5)
+	gates := gateMode(t)
 	concs := []int{16, 64}
 	out := outDir(t, "apiserver")
 	start := time.Now()
@@ -380,30 +394,30 @@ func TestAPIServerThroughput(t *testing.T) {
 	for _, op := range []string{"create", "get"} {
 		for _, c := range concs {
 			cmp := r.Comparison("kms-keywarden", "kms-floor", op, c)
-			r.Checks = append(r.Checks, bench.NewCheck(fmt.Sprintf("apiserver %s throughput, keywarden / floor plugin, concurrency %d", op, c),
-				cmp.TputRatio, ">=", 0.97, "×", "per-cycle: "+fmtRatios(cmp.TputRatios)))
+			r.Checks = append(r.Checks, bench.GateAPIServerThroughput.Check(fmt.Sprintf("apiserver %s throughput, keywarden / floor plugin, concurrency %d", op, c),
+				cmp.TputRatio, "per-cycle: "+fmtRatios(cmp.TputRatios)))
 		}
 	}
 	for _, op := range []string{"create", "get"} {
 		for _, c := range concs {
 			cmp := r.Comparison("kms-keywarden", "kms-floor", op, c)
-			r.Checks = append(r.Checks, bench.NewCheck(fmt.Sprintf("apiserver %s CPU-bound throughput (from CPU per request), keywarden / floor plugin, concurrency %d", op, c),
-				cmp.BoundRatio, ">=", 0.97, "×", "per-cycle: "+fmtRatios(cmp.BoundRatios)))
+			r.Checks = append(r.Checks, bench.GateAPIServerThroughput.Check(fmt.Sprintf("apiserver %s CPU-bound throughput (from CPU per request), keywarden / floor plugin, concurrency %d", op, c),
+				cmp.BoundRatio, "per-cycle: "+fmtRatios(cmp.BoundRatios)))
 		}
 	}
 	for _, op := range []string{"create", "get"} {
 		for _, c := range concs {
 			cmp := r.Comparison("kms-floor-2", "kms-floor", op, c)
-			r.Checks = append(r.Checks, bench.NewCheck(fmt.Sprintf("(A/A control, not a target) apiserver %s throughput, second floor plugin / floor plugin, concurrency %d", op, c),
-				cmp.TputRatio, ">=", 0, "×", "the noise of this run; per-cycle: "+fmtRatios(cmp.TputRatios)))
+			r.Checks = append(r.Checks, bench.Info(fmt.Sprintf("(A/A control, not a target) apiserver %s throughput, second floor plugin / floor plugin, concurrency %d", op, c),
+				cmp.TputRatio, "×", "the noise of this run; per-cycle: "+fmtRatios(cmp.TputRatios)))
 		}
 	}
 	for _, c := range concs {
 		cmp := r.Comparison("kms-floor", "identity", "create", c)
-		r.Checks = append(r.Checks, bench.NewCheck(fmt.Sprintf("(reference, not a target) apiserver create throughput, KMS v2 floor plugin / identity, concurrency %d", c),
-			cmp.TputRatio, ">=", 0, "×", "the apiserver's own KMS v2 cost"))
+		r.Checks = append(r.Checks, bench.Info(fmt.Sprintf("(reference, not a target) apiserver create throughput, KMS v2 floor plugin / identity, concurrency %d", c),
+			cmp.TputRatio, "×", "the apiserver's own KMS v2 cost"))
 	}
-	write(t, out, r)
+	write(t, out, r, gates)
 }
 
 func report(t *testing.T, rec *bench.Recorder, target, op string, conc, cycle int, s bench.Sample) {
@@ -424,7 +438,9 @@ func fmtRatios(xs []float64) string {
 	return strings.Join(s, " ")
 }
 
-func write(t *testing.T, dir string, r *bench.Report) {
+// write writes r's results into dir, then a PASS, FAIL or INFO line per
+// check; under KWBENCH_GATES=enforce a failed gate fails the test.
+func write(t *testing.T, dir string, r *bench.Report, gates bench.GateMode) {
 	t.Helper()
 	r.Meta.Duration = time.Since(r.Meta.Start)
 	var err error
@@ -442,4 +458,10 @@ func write(t *testing.T, dir string, r *bench.Report) {
 		t.Fatal(err)
 	}
 	t.Logf("results in %s\n%s", dir, md.String())
+	var v strings.Builder
+	failed := bench.Verdict(&v, r.Checks)
+	t.Logf("gates (KWBENCH_GATES=%s):\n%s", gates.String(), v.String())
+	if err := gates.Enforce(failed); err != nil {
+		t.Error(err)
+	}
 }

@@ -5,7 +5,6 @@ package soak
 import (
 	"context"
 	"encoding/csv"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -340,11 +339,7 @@ func TestSoak(t *testing.T) {
 	if err := writeCSV(filepath.Join(out, "samples.csv"), samples); err != nil {
 		t.Error(err)
 	}
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(out, "summary.json"), append(b, '\n'), 0o644); err != nil {
+	if err := bench.WriteJSON(filepath.Join(out, "summary.json"), s); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("results in %s", out)

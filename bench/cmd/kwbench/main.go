@@ -27,6 +27,11 @@
 // ("keywarden-file"):
 //
 //	go run ./bench/cmd/kwbench --keystores pkcs11,aws,vault --conc 1,64 --slow-delay 0 --bare=false
+//
+// The acceptance gates of the issues (bench.Gate*, shared with
+// bench/apiserver) end the output, one PASS, FAIL or INFO line each. A
+// failed gate is reported, not fatal: kwbench exits 1 on one only with
+// --gates=enforce, after writing the results.
 package main
 
 import (
@@ -80,6 +85,7 @@ type options struct {
 	stormRounds   int
 	idlePause     time.Duration
 	keystores     []keystoreSpec
+	gates         bench.GateMode
 	args          []string
 }
 
@@ -108,6 +114,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.stormConc, "storm-conc", 64, "Decrypts in flight during the storm")
 	fs.IntVar(&o.stormRounds, "storm-rounds", 5, "rounds of the storm (a fresh server each)")
 	fs.DurationVar(&o.idlePause, "idle-pause", 2*time.Second, "pause before reading idle VmRSS")
+	fs.Var(&o.gates, "gates", "what a failed acceptance gate does: report (a FAIL line, exit 0) or enforce (exit 1 once the results are written)")
 	stores := fs.String("keystores", "", "root keystores to add to the sweep and the storm, comma-separated: pkcs11 (a SoftHSM2 token made here), aws (local-kms served in this process), vault (a Transit key on the dev server at $VAULT_ADDR, root token $VAULT_TOKEN), or name=URI for a keystore that exists (its server's environment is this process's)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -185,7 +192,7 @@ type env struct {
 	stores   []*rig.Keystore
 }
 
-func run(ctx context.Context, args []string, stdout io.Writer) error {
+func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	o, err := parseFlags(args)
 	if err != nil {
 		return err
@@ -218,10 +225,19 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(e.work)
-	logf, err := os.Create(filepath.Join(o.out, "servers.log"))
+	logPath := filepath.Join(o.out, "servers.log")
+	logf, err := os.Create(logPath)
 	if err != nil {
 		return err
 	}
+	// The servers log their sockets and keysets under e.work: redact the
+	// local paths once every server has stopped (the later defers run
+	// first).
+	defer func() {
+		if rerr := bench.LocalPaths().RedactFile(logPath); rerr != nil && err == nil {
+			err = rerr
+		}
+	}()
 	defer logf.Close()
 	e.logs = logf
 	e.keystore = "file://" + filepath.Join(e.work, "keyset.json")
@@ -267,7 +283,14 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(stdout, "results in", o.out)
-	return nil
+	return gates(o.gates, r.Checks, stdout)
+}
+
+// gates prints a PASS, FAIL or INFO line per check and, under
+// --gates=enforce, fails the run if a gate failed.
+func gates(mode bench.GateMode, checks []bench.Check, stdout io.Writer) error {
+	fmt.Fprintf(stdout, "\nGates (--gates=%s):\n", mode.String())
+	return mode.Enforce(bench.Verdict(stdout, checks))
 }
 
 // freeAddr returns a loopback host:port that was free a moment ago.
@@ -280,9 +303,70 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
+// serverKind is what a server process is: it says which binary runs, with
+// which flags, and how the keystore calls it makes are counted.
+type serverKind int
+
+const (
+	floorKind     serverKind = iota // kwfloor: the no-op plugin; no keystore, no HTTP
+	keywardenKind                   // the shipped binary; keystore calls from its /metrics
+	labKind                         // kwlab; keystore calls from its spy (/spy)
+)
+
+func (k serverKind) binary() string {
+	switch k {
+	case keywardenKind:
+		return "keywarden"
+	case labKind:
+		return "kwlab"
+	default:
+		return "kwfloor"
+	}
+}
+
+// hasHTTP says whether the server serves HTTP (metrics, spy) on an address
+// of its own.
+func (k serverKind) hasHTTP() bool { return k != floorKind }
+
+// args are the flags that start a server of kind k on listen, over
+// keystore, serving HTTP on httpAddr.
+func (k serverKind) args(listen, keystore, httpAddr string) []string {
+	switch k {
+	case keywardenKind:
+		return []string{"--listen", listen, "--keystore", keystore, "--metrics-addr", httpAddr}
+	case labKind:
+		return []string{"--listen", listen, "--keystore", keystore, "--http-addr", httpAddr}
+	default:
+		return []string{"--listen", listen}
+	}
+}
+
+// unwraps returns how to count the keystore unwraps of a server of kind k
+// serving HTTP on httpAddr, or nil for the floor, which has no keystore.
+func (k serverKind) unwraps(httpAddr string) func(context.Context) (int64, error) {
+	switch k {
+	case keywardenKind:
+		return func(ctx context.Context) (int64, error) {
+			return bench.FetchKeystoreCalls(ctx, httpAddr, "unwrap")
+		}
+	case labKind:
+		return func(ctx context.Context) (int64, error) {
+			n, err := bench.FetchSpy(ctx, httpAddr)
+			return n.Unwraps, err
+		}
+	default:
+		return nil
+	}
+}
+
+// spied says whether kwlab's keystore spy counts every keystore call of the
+// server (wraps, unwraps, key_id reads): the sweep's table of keystore
+// calls.
+func (k serverKind) spied() bool { return k == labKind }
+
 type server struct {
 	name string
-	kind string // floor, keywarden, lab
+	kind serverKind
 	args []string
 	// keystore overrides the run's file keystore; env is added to the
 	// server's environment.
@@ -325,22 +409,21 @@ func redactURI(uri string) string {
 	return u
 }
 
-// perCallLimit is the issues' bar for keywarden over the per-call plugin on
-// the same keystore at concurrency 64: 1.8× for an HSM (#4), 8× for a
-// remote KMS (#8).
-func perCallLimit(k *rig.Keystore) float64 {
+// perCallGate is the issues' bar for keywarden over the per-call plugin on
+// the same keystore at concurrency 64: an HSM (#4), a remote KMS (#8).
+func perCallGate(k *rig.Keystore) bench.Gate {
 	if k.Remote {
-		return 8
+		return bench.GatePerCallRemote
 	}
-	return 1.8
+	return bench.GatePerCallHSM
 }
 
-func floorServer() server { return server{name: floorName, kind: "floor"} }
+func floorServer() server { return server{name: floorName, kind: floorKind} }
 
-func kwServer(extra ...string) server { return server{name: kwName, kind: "keywarden", args: extra} }
+func kwServer(extra ...string) server { return server{name: kwName, kind: keywardenKind, args: extra} }
 
 func labServer(name, mode string, delay time.Duration, extra ...string) server {
-	return server{name: name, kind: "lab", args: append([]string{"--mode", mode, "--keystore-delay", delay.String()}, extra...)}
+	return server{name: name, kind: labKind, args: append([]string{"--mode", mode, "--keystore-delay", delay.String()}, extra...)}
 }
 
 // start starts s on a fresh socket.
@@ -348,31 +431,19 @@ func (e *env) start(ctx context.Context, s server) (*bench.Process, error) {
 	e.n++
 	sock := filepath.Join(e.work, fmt.Sprintf("s%d", e.n), "kms.sock")
 	listen := "unix://" + sock
-	var bin string
-	var args []string
 	httpAddr := ""
+	if s.kind.hasHTTP() {
+		a, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		httpAddr = a
+	}
 	ks := e.keystore
 	if s.keystore != "" {
 		ks = s.keystore
 	}
-	switch s.kind {
-	case "floor":
-		bin, args = "kwfloor", []string{"--listen", listen}
-	case "keywarden":
-		a, err := freeAddr()
-		if err != nil {
-			return nil, err
-		}
-		httpAddr = a
-		bin, args = "keywarden", []string{"--listen", listen, "--keystore", ks, "--metrics-addr", a}
-	case "lab":
-		a, err := freeAddr()
-		if err != nil {
-			return nil, err
-		}
-		httpAddr = a
-		bin, args = "kwlab", []string{"--listen", listen, "--keystore", ks, "--http-addr", a}
-	}
+	bin, args := s.kind.binary(), s.kind.args(listen, ks, httpAddr)
 	args = append(args, s.args...)
 	logged := make([]string, len(args))
 	for i, a := range args {
@@ -478,7 +549,7 @@ func sweep(ctx context.Context, e *env, r *bench.Report, stdout io.Writer) error
 		tab := bench.Table{Title: "Keystore calls during the sweep (since server start)",
 			Header: []string{"target", "measured calls", "keystore wraps", "keystore unwraps", "keystore key_id reads"}}
 		for i, s := range servers {
-			if s.kind != "lab" {
+			if !s.kind.spied() {
 				continue
 			}
 			n, err := bench.FetchSpy(ctx, procs[i].HTTP)
@@ -562,22 +633,13 @@ func (e *env) starter(s server) func(ctx context.Context) (*bench.StormInstance,
 			_ = p.Stop()
 			return nil, err
 		}
-		inst := &bench.StormInstance{Client: c, PID: p.PID(), Stop: func() error {
-			_ = c.Close()
-			return p.Stop()
-		}}
-		switch s.kind {
-		case "keywarden":
-			inst.KeystoreCalls = func(ctx context.Context) (int64, error) {
-				return bench.FetchKeystoreCalls(ctx, p.HTTP, "unwrap")
-			}
-		case "lab":
-			inst.KeystoreCalls = func(ctx context.Context) (int64, error) {
-				n, err := bench.FetchSpy(ctx, p.HTTP)
-				return n.Unwraps, err
-			}
-		}
-		return inst, nil
+		return &bench.StormInstance{
+			Client: c, PID: p.PID(), KeystoreCalls: s.kind.unwraps(p.HTTP),
+			Stop: func() error {
+				_ = c.Close()
+				return p.Stop()
+			},
+		}, nil
 	}
 }
 
@@ -686,25 +748,25 @@ func checks(o *options, stores []*rig.Keystore, r *bench.Report) []bench.Check {
 		// than a ratio of 0.
 		for _, op := range o.ops {
 			if slices.Contains(o.conc, 1) {
-				cs = append(cs, bench.NewCheck(op+" p50 / floor, concurrency 1", nan(r.Comparison(kwName, floorName, op, 1), p50), "<=", 1.10, "×", aa(op, 1, p50)))
+				cs = append(cs, bench.GateSocketP50.Check(op+" p50 / floor, concurrency 1", nan(r.Comparison(kwName, floorName, op, 1), p50), aa(op, 1, p50)))
 			}
 		}
 		for _, op := range o.ops {
-			cs = append(cs, bench.NewCheck(op+" throughput / floor, concurrency 64", nan(r.Comparison(kwName, floorName, op, 64), tput), ">=", 0.95, "×", aa(op, 64, tput)))
+			cs = append(cs, bench.GateSocketThroughput.Check(op+" throughput / floor, concurrency 64", nan(r.Comparison(kwName, floorName, op, 64), tput), aa(op, 64, tput)))
 		}
 		for _, op := range o.ops {
-			cs = append(cs, bench.NewCheck(op+" CPU-bound throughput / floor, concurrency 64 (from CPU per call, client + server)",
-				nan(r.Comparison(kwName, floorName, op, 64), bound), ">=", 0.95, "×", aa(op, 64, bound)))
+			cs = append(cs, bench.GateSocketThroughput.Check(op+" CPU-bound throughput / floor, concurrency 64 (from CPU per call, client + server)",
+				nan(r.Comparison(kwName, floorName, op, 64), bound), aa(op, 64, bound)))
 		}
 		if o.slowDelay > 0 {
 			for _, op := range o.ops {
-				cs = append(cs, bench.NewCheck(fmt.Sprintf("%s throughput, keystore +%s / fast keystore, concurrency 64", op, o.slowDelay),
-					nan(r.Comparison(slowName, kwName, op, 64), tput), ">=", 0.9, "×", ""))
+				cs = append(cs, bench.GateSlowKeystore.Check(fmt.Sprintf("%s throughput, keystore +%s / fast keystore, concurrency 64", op, o.slowDelay),
+					nan(r.Comparison(slowName, kwName, op, 64), tput), ""))
 			}
 		}
 		for _, m := range r.Memory {
 			if m.Target == kwName {
-				cs = append(cs, bench.NewCheck("keywarden VmRSS idle", bench.MiB(m.Idle.RSS), "<=", 20, " MiB",
+				cs = append(cs, bench.GateIdleRSS.Check("keywarden VmRSS idle", bench.MiB(m.Idle.RSS),
 					fmt.Sprintf("after start, one Encrypt and one Decrypt, and a pause; of it RssAnon %.1f MiB, RssFile %.1f MiB (the executable's pages)", bench.MiB(m.Idle.Anon), bench.MiB(m.Idle.File))))
 			}
 		}
@@ -715,17 +777,17 @@ func checks(o *options, stores []*rig.Keystore, r *bench.Report) []bench.Check {
 			}
 		}
 		if peak > 0 {
-			cs = append(cs, bench.NewCheck("keywarden VmRSS peak at concurrency 64", bench.MiB(peak), "<=", 32, " MiB", "sampled every 20 ms during every round"))
+			cs = append(cs, bench.GatePeakRSS.Check("keywarden VmRSS peak at concurrency 64", bench.MiB(peak), "sampled every 20 ms during every round"))
 		}
 		for _, k := range stores {
 			kw := kwStorePfx + k.Name
 			for _, op := range o.ops {
-				cs = append(cs, bench.NewCheck(fmt.Sprintf("%s: %s throughput / %s, concurrency 64", kw, op, kwFileName),
-					nan(r.Comparison(kw, kwFileName, op, 64), tput), ">=", 0.95, "×", aa(op, 64, tput)))
+				cs = append(cs, bench.GateKeystoreThroughput.Check(fmt.Sprintf("%s: %s throughput / %s, concurrency 64", kw, op, kwFileName),
+					nan(r.Comparison(kw, kwFileName, op, 64), tput), aa(op, 64, tput)))
 			}
 			for _, op := range o.ops {
-				cs = append(cs, bench.NewCheck(fmt.Sprintf("%s: %s throughput / %s%s, concurrency 64", kw, op, perCallPfx, k.Name),
-					nan(r.Comparison(kw, perCallPfx+k.Name, op, 64), tput), ">=", perCallLimit(k), "×", ""))
+				cs = append(cs, perCallGate(k).Check(fmt.Sprintf("%s: %s throughput / %s%s, concurrency 64", kw, op, perCallPfx, k.Name),
+					nan(r.Comparison(kw, perCallPfx+k.Name, op, 64), tput), ""))
 			}
 		}
 	}
@@ -738,11 +800,12 @@ func checks(o *options, stores []*rig.Keystore, r *bench.Report) []bench.Check {
 			worst = max(worst, x.KeystoreCalls)
 			worstRemote = max(worstRemote, x.RemoteCalls)
 		}
-		cs = append(cs, bench.NewCheck(fmt.Sprintf("%s: keystore calls for a cold storm of %d Decrypts over %d KEKs (worst round)", s.Target, s.Decrypts, s.KEKs),
-			float64(worst), "==", float64(s.KEKs), "", ""))
+		gate := bench.GateStormKeystoreCalls.At(float64(s.KEKs))
+		cs = append(cs, gate.Check(fmt.Sprintf("%s: keystore calls for a cold storm of %d Decrypts over %d KEKs (worst round)", s.Target, s.Decrypts, s.KEKs),
+			float64(worst), ""))
 		if worstRemote >= 0 {
-			cs = append(cs, bench.NewCheck(fmt.Sprintf("%s: Decrypt requests reaching the keystore server in that storm (worst round)", s.Target),
-				float64(worstRemote), "==", float64(s.KEKs), "", "counted by the emulator itself"))
+			cs = append(cs, gate.Check(fmt.Sprintf("%s: Decrypt requests reaching the keystore server in that storm (worst round)", s.Target),
+				float64(worstRemote), "counted by the emulator itself"))
 		}
 	}
 	return cs
