@@ -57,7 +57,10 @@ type keystoreKind struct {
 	// missing says why the keystore cannot run here ("" if it can).
 	missing func() string
 	// na gives the footnote of every fault that does not apply.
-	na      map[fault]string
+	na map[fault]string
+	// once lists the faults whose cell cannot be measured a second time
+	// (it changes shared state for good: a token's PIN, a token itself).
+	once    map[fault]bool
 	newCell func(t *testing.T, f fault) *cellKeystore
 }
 
@@ -236,6 +239,7 @@ var pkcs11Keystore = keystoreKind{
 		fHang: naInProcess, fRefused: naInProcess, fLatency: naInProcess, fThrottled: naInProcess, fServerError: naInProcess,
 		fHangPastAge: naInProcess,
 	},
+	once: map[fault]bool{fCredsRevoked: true, fTokenRemoved: true},
 	newCell: func(t *testing.T, f fault) *cellKeystore {
 		token := hsm.shared
 		switch f {

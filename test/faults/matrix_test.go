@@ -146,6 +146,28 @@ func TestFaultMatrix(t *testing.T) {
 					}
 				}
 				cells.Wait()
+				// A cell whose row differs from the documented one is
+				// measured once more: a loaded machine can push one answer
+				// over a bucket's edge, and a real change differs twice
+				// (except the cells that cannot run twice, ks.once).
+				if !t.Failed() {
+					documented := docRows(ks.name)
+					for i, f := range faults {
+						if rows[i].na != "" || rows[i].startup == "" || ks.once[f] || i >= len(documented) || renderRow(f, rows[i]) == documented[i] {
+							continue
+						}
+						t.Run(f.testName()+"-again", func(t *testing.T) {
+							t.Logf("%s / %s differs from %s; measuring again", ks.name, f, docPath)
+							sem <- struct{}{}
+							defer func() { <-sem }()
+							if f == fClockForward || f == fClockBack || f == fHangPastAge {
+								rows[i] = runClockCell(t, ks, f)
+							} else {
+								rows[i] = runCell(t, ks, f)
+							}
+						})
+					}
+				}
 				// A -run filter may have left cells out: such a table is
 				// neither checked nor written.
 				complete := !slices.ContainsFunc(rows, func(r row) bool { return r.na == "" && r.startup == "" })
@@ -464,16 +486,41 @@ func renderTable(name string, rows []row) string {
 	}
 	b.WriteString("\n")
 	for i, f := range faults {
-		r := rows[i]
-		cells := []string{f.String()}
-		if r.na != "" {
-			cells = append(cells, "n/a [^"+noteLabel(r.na)+"]", "n/a", "n/a", "n/a", "n/a", "n/a")
-		} else {
-			cells = append(cells, r.encrypt, r.warm, r.cold, r.status, r.readyz, r.startup)
-		}
-		b.WriteString("| " + strings.Join(cells, " | ") + " |\n")
+		b.WriteString(renderRow(f, rows[i]) + "\n")
 	}
 	return b.String()
+}
+
+// renderRow is one line of a table, without its newline.
+func renderRow(f fault, r row) string {
+	cells := []string{f.String()}
+	if r.na != "" {
+		cells = append(cells, "n/a [^"+noteLabel(r.na)+"]", "n/a", "n/a", "n/a", "n/a", "n/a")
+	} else {
+		cells = append(cells, r.encrypt, r.warm, r.cold, r.status, r.readyz, r.startup)
+	}
+	return "| " + strings.Join(cells, " | ") + " |"
+}
+
+// docRows returns the fault rows of name's table in docs/reliability.md,
+// in order (nil if the document or the block is missing: checkDoc says so).
+func docRows(name string) []string {
+	b, err := os.ReadFile(docPath)
+	if err != nil {
+		return nil
+	}
+	doc := string(b)
+	begin, end := markers(name)
+	i := strings.Index(doc, begin)
+	j := strings.Index(doc, end)
+	if i < 0 || j < i {
+		return nil
+	}
+	lines := strings.Split(strings.TrimSuffix(doc[i+len(begin):j], "\n"), "\n")
+	if len(lines) < 2 {
+		return nil
+	}
+	return lines[2:] // after the header and its rule
 }
 
 func renderNotes() string {
