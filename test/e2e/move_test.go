@@ -331,6 +331,14 @@ func TestMoveKeystore(t *testing.T) {
 		t.Fatalf("audit --fail-on-key %s: exit %d\n%s%s", old, res.code, res.stdout, res.stderr)
 	}
 
+	// As the document says, keys disable will not take this audit as
+	// evidence: it counts nothing under another version of the old
+	// keystore, which is its sign of a wrong etcd.
+	if res := kmsctlRun(t, ctx, c, "keys", "disable", "--keystore", file.URI(), "--audit-report", filepath.Join(dir, "audit-after-move.json"), old); res.code != 3 ||
+		!strings.Contains(res.stderr, "no object under any other version") {
+		t.Fatalf("keys disable with the audit after the move: exit %d, %s; want exit 3 naming the missing other versions", res.code, res.stderr)
+	}
+
 	// Retire the old keystore: the keyset is gone, and a cold start of
 	// both reads everything through the token.
 	if err := os.Remove(file.Path); err != nil {
