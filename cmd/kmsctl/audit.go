@@ -248,6 +248,7 @@ func newAuditCmd(g *globals) *cobra.Command {
 		e           etcdFlags
 		failPlain   bool
 		failOnKeys  []string
+		failOnSole  []string
 		failOnOther bool
 	)
 	cmd := &cobra.Command{
@@ -268,6 +269,14 @@ prefix.
 With --fail-on-plaintext or --fail-on-key, exits 3 when the gate fails: use
 them in CI and before retiring a key.
 
+--fail-on-sole-key KEYID exits 3 if any object can be read only through root
+key version KEYID: its key_id names KEYID (one root), or its local KEK's
+copies are all under KEYID (a copy sealed to the recovery key is not another
+root). Run it before dropping a keystore from keywarden's --keystore: it
+passes once every object also has a copy under a root that stays. It is
+weaker than --fail-on-key, which also counts objects that another root can
+read; use that one before retiring or destroying the keystore.
+
 keys disable and destroy accept as evidence (--audit-report) only an audit
 of every value under --prefix, whatever the resource: --resources '*.*'.
 An object that an EncryptionConfiguration no longer lists, or a custom
@@ -279,7 +288,9 @@ resource nobody thought of, is still under the key.`,
   kmsctl audit --etcd-endpoints http://127.0.0.1:2379 --resources secrets,configmaps \
     --fail-on-plaintext --fail-on-key tink:3473997605:81291f5360ee4023
   kmsctl audit --etcd-endpoints http://127.0.0.1:2379 --resources '*.*' \
-    --fail-on-key tink:3473997605:81291f5360ee4023 -o json > audit.json`,
+    --fail-on-key tink:3473997605:81291f5360ee4023 -o json > audit.json
+  kmsctl audit --etcd-endpoints http://127.0.0.1:2379 --resources '*.*' \
+    --fail-on-sole-key tink:3473997605:81291f5360ee4023`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			a, err := e.run(cmd.Context(), g.stderr)
@@ -297,6 +308,11 @@ resource nobody thought of, is still under the key.`,
 					a.Gates = append(a.Gates, fmt.Sprintf("%d objects under key_id %s (--fail-on-key)", n, k))
 				}
 			}
+			for _, k := range failOnSole {
+				if n := a.SoleUse(k); n > 0 {
+					a.Gates = append(a.Gates, fmt.Sprintf("%d objects readable only under key_id %s (--fail-on-sole-key)", n, k))
+				}
+			}
 			if err := g.printAudit(a); err != nil {
 				return err
 			}
@@ -310,6 +326,7 @@ resource nobody thought of, is still under the key.`,
 	_ = cmd.MarkFlagRequired("etcd-endpoints")
 	cmd.Flags().BoolVar(&failPlain, "fail-on-plaintext", false, "exit 3 if any object is stored in plaintext (or unrecognized)")
 	cmd.Flags().StringSliceVar(&failOnKeys, "fail-on-key", nil, "exit 3 if any object is stored under this key_id (repeatable)")
+	cmd.Flags().StringSliceVar(&failOnSole, "fail-on-sole-key", nil, "exit 3 if any object can be read only through this root key_id, i.e. has no copy under another root (repeatable)")
 	cmd.Flags().BoolVar(&failOnOther, "fail-on-other-providers", false, "exit 3 if any object is under aescbc, aesgcm, secretbox or KMS v1")
 	return cmd
 }

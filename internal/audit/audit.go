@@ -18,6 +18,7 @@ import (
 
 	"github.com/keywarden/keywarden/internal/stored"
 	"github.com/keywarden/keywarden/keystore"
+	"github.com/keywarden/keywarden/keystore/recovery"
 )
 
 // Getter is the one etcd call audit makes (clientv3.KV narrowed), so that
@@ -119,6 +120,37 @@ func (r *Report) InUse(keyID string) int {
 	}
 	for _, k := range r.LocalKEKs {
 		if len(k.Roots) > 1 && slices.ContainsFunc(k.Roots, func(id string) bool { return keystore.SameVersion(id, keyID) }) {
+			n += k.Objects
+		}
+	}
+	return n
+}
+
+// SoleUse counts the objects that only root key version keyID can read:
+// those keywarden could no longer read if keyID's keystore were dropped
+// from --keystore. They are the objects whose key_id names that version
+// (keystore.SameVersion), sealed under a local KEK wrapped under that one
+// root, plus those whose local KEK, wrapped under several roots, has no
+// copy under a root other than keyID. A copy sealed to the recovery key
+// does not count as another root: keywarden cannot unwrap it, only
+// `kmsctl recover` offline can. An object counted by SoleUse is counted by
+// InUse too; InUse also counts the objects that another root can read.
+func (r *Report) SoleUse(keyID string) int {
+	n := 0
+	for k, c := range r.KeyIDs {
+		if keystore.SameVersion(k, keyID) {
+			n += c
+		}
+	}
+	for _, k := range r.LocalKEKs {
+		if len(k.Roots) < 2 {
+			continue
+		}
+		hasIt := slices.ContainsFunc(k.Roots, func(id string) bool { return keystore.SameVersion(id, keyID) })
+		other := slices.ContainsFunc(k.Roots, func(id string) bool {
+			return !keystore.SameVersion(id, keyID) && !recovery.IsKeyID(id)
+		})
+		if hasIt && !other {
 			n += k.Objects
 		}
 	}

@@ -199,6 +199,27 @@ var softhsmModules = []string{
 // 0600 file, and creates the first root key version with `kmsctl keys
 // init`. Rotation is `kmsctl keys add` then `kmsctl keys promote`.
 func softHSMKeystore(t *testing.T, tools cluster.Tools) keystoreCase {
+	ks := softHSMToken(t, tools)
+	v1, err := ks.Init(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keystoreCase{backend: "pkcs11", ks: ks, first: v1.KeyID, rotate: func(ctx context.Context) (string, error) {
+		v, err := ks.Add(ctx)
+		if err != nil {
+			return "", err
+		}
+		if v.Primary {
+			return "", fmt.Errorf("keys add made %s primary at once", v.KeyID)
+		}
+		return v.KeyID, ks.Promote(ctx, v.KeyID)
+	}}
+}
+
+// softHSMToken initialises a SoftHSM2 token of its own (a config, token
+// directory and PIN file in a temporary directory) and returns the pkcs11
+// keystore on it, with no root key version yet (Init makes one).
+func softHSMToken(t *testing.T, tools cluster.Tools) *cluster.Keyset {
 	const require = "KEYWARDEN_REQUIRE_SOFTHSM"
 	module := ""
 	for _, p := range softhsmModules {
@@ -233,21 +254,7 @@ func softHSMKeystore(t *testing.T, tools cluster.Tools) keystoreCase {
 		t.Fatalf("softhsm2-util --init-token: %v: %s", err, out)
 	}
 	uri := fmt.Sprintf("pkcs11:token=kw-e2e;object=keywarden-root?module-path=%s&pin-source=file:%s", module, pinFile)
-	ks := cluster.NewKeystore(tools, uri, env)
-	v1, err := ks.Init(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return keystoreCase{backend: "pkcs11", ks: ks, first: v1.KeyID, rotate: func(ctx context.Context) (string, error) {
-		v, err := ks.Add(ctx)
-		if err != nil {
-			return "", err
-		}
-		if v.Primary {
-			return "", fmt.Errorf("keys add made %s primary at once", v.KeyID)
-		}
-		return v.KeyID, ks.Promote(ctx, v.KeyID)
-	}}
+	return cluster.NewKeystore(tools, uri, env)
 }
 
 // vaultKeystore mounts a Transit engine of its own on the Vault dev server

@@ -241,6 +241,10 @@ func servingPKI() (caPEM, certPEM, keyPEM []byte, err error) {
 		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
 }
 
+// EncryptionConfigPath is the EncryptionConfiguration file kube-apiserver
+// reads (--encryption-provider-config).
+func (a *APIServer) EncryptionConfigPath() string { return a.configPath }
+
 // SetProviders rewrites the EncryptionConfiguration; it takes effect at the
 // next Start.
 func (a *APIServer) SetProviders(providers ...Provider) error {

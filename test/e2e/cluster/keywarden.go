@@ -239,6 +239,10 @@ func (k *Keywarden) Keyset() *Keyset { return k.opts.Keyset }
 // SetKeyset makes the next Start use ks (for example, a wrong root key).
 func (k *Keywarden) SetKeyset(ks *Keyset) { k.opts.Keyset = ks }
 
+// SetExtraArgs replaces the arguments the next Start appends to
+// keywarden's command line (for example, more --keystore roots).
+func (k *Keywarden) SetExtraArgs(args ...string) { k.opts.ExtraArgs = args }
+
 // Pid is the running process's id, or 0.
 func (k *Keywarden) Pid() int {
 	if k.p == nil || k.p.exited() {
