@@ -27,8 +27,9 @@ type root struct {
 	// down; a Decrypt skips a root that is down while another may answer.
 	down atomic.Bool
 	// keyIDErr is the error of this root's key_id read in the last
-	// check; guarded by checkMu.
+	// check, and keyID what it read ("" on error); guarded by checkMu.
 	keyIDErr error
+	keyID    string
 }
 
 func (s *Service) multi() bool { return len(s.roots) > 1 }
@@ -78,7 +79,10 @@ func (s *Service) readKeyID(ctx context.Context) (string, error) {
 		err = s.keystoreErr(cctx, r, err)
 		cancel()
 		s.cfg.Metrics.ObserveKeystore(r.name, "key_id", class(err), time.Since(start))
-		r.keyIDErr = err
+		r.keyIDErr, r.keyID = err, kid
+		if err != nil {
+			r.keyID = ""
+		}
 		if err != nil && first == nil {
 			first = s.rootErr(r, err)
 		}

@@ -565,3 +565,68 @@ func TestRootsRevalidate(t *testing.T) {
 		t.Fatalf("Decrypt with every root refusing: %v, want FailedPrecondition", err)
 	}
 }
+
+// A keywarden restarted while its primary root refuses everything (its key
+// gone) adopts the state file's KEK through the second root: the current
+// key_id stays the one the file's KEK was made under, Encrypt and Decrypt
+// work, no KEK is made, the check still fails (Status not ok), and once
+// the primary answers again the check passes with the same KEK. A root
+// that answers at another version than the file's copy, or a state file
+// made under other roots, is not adopted so.
+func TestRootsStateFileRootDown(t *testing.T) {
+	rs := newRoots(t, "vault", "file")
+	path := filepath.Join(t.TempDir(), "state.json")
+	withState := func(c *Config) { c.StateFile = path }
+	want := seed(t)
+	r := encrypt(t, rs.service(t, withState), want)
+	old := req(r)
+
+	gone := fmt.Errorf("%w: HTTP 403", keystore.ErrPermission)
+	rs.setErr(gone, nil)
+	wraps := rs.wraps()
+	s := rs.service(t, withState)
+	st, _ := s.Status(context.Background())
+	if st.KeyID != r.KeyID || st.Healthz != "keystore PermissionDenied since start-up" {
+		t.Fatalf("Status with the primary gone = %+v; want \"keystore PermissionDenied since start-up\" with the state file's key_id %s", st, r.KeyID)
+	}
+	if w := rs.wraps(); w[0] != wraps[0] || w[1] != wraps[1] {
+		t.Fatalf("a KEK was made with the primary gone: wraps %v -> %v", wraps, w)
+	}
+	if served := servedBy(t, s); served["1"] != 1 || served["0"] != 0 {
+		t.Fatalf("root unwraps %v, want the state file's KEK from root 1 only", served)
+	}
+	if got, err := s.Decrypt(context.Background(), "uid", old); err != nil || string(got) != string(want) {
+		t.Fatalf("Decrypt with the primary gone: %q, %v", got, err)
+	}
+	if r2 := encrypt(t, s, want); r2.KeyID != r.KeyID {
+		t.Fatalf("Encrypt with the primary gone under %s, want %s", r2.KeyID, r.KeyID)
+	}
+	s.Check(context.Background())
+	if ok, _ := s.Healthy(); ok {
+		t.Fatal("healthy while the primary refuses its key_id")
+	}
+	rs.setErr(nil, nil)
+	for range recoveryChecks + 1 {
+		s.Check(context.Background())
+	}
+	if ok, reason := s.Healthy(); !ok {
+		t.Fatalf("not healthy once the primary answers again: %s", reason)
+	}
+	if st, _ := s.Status(context.Background()); st.KeyID != r.KeyID {
+		t.Fatalf("key_id %s after the primary came back, want still %s", st.KeyID, r.KeyID)
+	}
+
+	// The second root rotated since the file was written: its copy is not
+	// at the version it answers with, so nothing is adopted.
+	rs.envs[1].rotate()
+	rs.setErr(gone, nil)
+	if s := rs.service(t, withState); s.cur.Load() != nil {
+		t.Fatal("state file KEK adopted though the answering root rotated since")
+	}
+	// Other roots (reordered): not adopted either.
+	rs.envs[1].spy.SetErr(gone)
+	rs.envs[0].spy.SetErr(nil)
+	if s := rs.service(t, withState, 1, 0); s.cur.Load() != nil {
+		t.Fatal("state file KEK adopted under reordered roots")
+	}
+}

@@ -662,7 +662,11 @@ func (s *Service) healthNow(err, revoked error, now time.Time) *health {
 			err = revoked
 		}
 		reason = "no local KEK: keystore " + class(err)
-	case err != nil && (s.lastOK.Load() == 0 || now.Sub(last) >= s.cfg.Grace):
+	case err != nil && s.lastOK.Load() == 0:
+		// A KEK but no check passed: adopted from the state file with a
+		// root down.
+		reason = "keystore " + class(err) + " since start-up"
+	case err != nil && now.Sub(last) >= s.cfg.Grace:
 		reason = "keystore " + class(err) + " since " + last.UTC().Format(time.RFC3339)
 	case s.down.Load() && s.refused.Load() != 0:
 		reason = refusedReason(class(err), s.downSince.Load())
@@ -697,7 +701,17 @@ func (s *Service) check(ctx context.Context) error {
 	}
 	kid, err := s.readKeyID(cctx)
 	if err != nil {
-		return fmt.Errorf("read root key_id: %w", err)
+		err = fmt.Errorf("read root key_id: %w", err)
+		if s.multi() && s.cur.Load() == nil {
+			// Started with a root down: no KEK can be made, but the state
+			// file's may be adopted through another root.
+			s.mintMu.Lock()
+			defer s.mintMu.Unlock()
+			if s.cur.Load() == nil {
+				s.adoptStateDegraded(cctx, err)
+			}
+		}
+		return err
 	}
 	s.mintMu.Lock()
 	defer s.mintMu.Unlock()

@@ -248,6 +248,62 @@ func (s *Service) adoptState(ctx context.Context, rootKeyID string) bool {
 	return true
 }
 
+// adoptStateDegraded adopts the state file's KEK when keywarden starts with
+// several roots and one or more of them cannot tell its key_id (readErr):
+// the roots' current key_id is unknown, so adoptState cannot be given it.
+// The file's KEK is adopted only if it was made under the configured roots,
+// in the same order, and every root that did answer is still at the
+// version its copy was made under; it is then unwrapped by any root that
+// can (the down one fails and the next serves), its MAC and bounds are
+// checked as always, and it becomes the current KEK under the key_id it
+// was made under. Without this a restart during a root outage would leave
+// keywarden with no KEK at all, and the apiserver, which needs Status's
+// key_id and an Encrypt before it reads anything, unable to read even what
+// the other roots can unwrap. No KEK is made: that needs every root.
+// Status stays not ok until a check reaches every root. Callers hold
+// mintMu.
+func (s *Service) adoptStateDegraded(ctx context.Context, readErr error) bool {
+	if s.cfg.StateFile == "" {
+		return false
+	}
+	b, err := readState(s.cfg.StateFile)
+	if err != nil {
+		return false // adoptState reports it once every root answers
+	}
+	var st stateFile
+	if json.Unmarshal(b, &st) != nil || st.Version != stateVersion {
+		return false
+	}
+	a, err := envelope.DecodeAnnotation(st.Annotation)
+	if err != nil || a.Version != envelope.Version2 {
+		return false
+	}
+	names := make([]string, 0, len(s.roots)+1)
+	for _, r := range s.roots {
+		names = append(names, r.name)
+	}
+	if rec := s.cfg.Recovery; rec != nil {
+		names = append(names, rec.Name())
+	}
+	if len(a.Copies) != len(names) {
+		return false
+	}
+	for i, c := range a.Copies {
+		if c.Backend != names[i] {
+			return false
+		}
+		if i < len(s.roots) && s.roots[i].keyIDErr == nil && s.roots[i].keyID != c.KeyID {
+			return false // a root that answered has rotated since
+		}
+	}
+	if !s.adoptState(ctx, a.KeyID) {
+		return false
+	}
+	s.log.Warn("adopted the state file's local KEK with a root keystore down: no new local KEK can be made until every root answers",
+		"key_id", a.KeyID, "error", readErr)
+	return true
+}
+
 // v1RootFirstSeen returns a version-1 state file's root_first_seen if its
 // KEK is wrapped under rootKeyID and the time is set and not after now.
 func v1RootFirstSeen(b []byte, rootKeyID string, now time.Time) (time.Time, bool) {

@@ -159,7 +159,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if len(o.keystores) == 1 {
 				return fmt.Errorf("open keystore: %w", err)
 			}
-			return fmt.Errorf("open keystore %d of %d: %w", i+1, len(o.keystores), err)
+			// With several roots, one that does not open (its key gone,
+			// its credentials refused) must not take the others down
+			// with it: that is what a second root is for. A malformed
+			// URI still fails here.
+			lb, lerr := byuri.OpenLater(uri, err)
+			if lerr != nil {
+				return fmt.Errorf("open keystore %d of %d: %w", i+1, len(o.keystores), lerr)
+			}
+			log.Warn("root keystore did not open; starting without it, and trying it again at its next use",
+				"root", i, "backend", lb.Name(), "error", err)
+			b = lb
 		}
 		roots = append(roots, b)
 		names = append(names, b.Name())

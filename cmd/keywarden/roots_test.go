@@ -115,3 +115,60 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// With several roots, one that does not open (here a keyset file that is
+// not there) does not stop keywarden: it serves, unhealthy, and logs why.
+// With one root the same failure is fatal, as it always was.
+func TestRunRootDoesNotOpen(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.json")
+	if _, err := file.Init(good); err != nil {
+		t.Fatal(err)
+	}
+	missing := "file://" + filepath.Join(dir, "missing.json")
+	if err := run(context.Background(), []string{"--listen", "unix://" + filepath.Join(dir, "one.sock"), "--metrics-addr", "", "--keystore", missing}, io.Discard, io.Discard); err == nil {
+		t.Fatal("one root that does not open: run did not fail")
+	}
+	sock := filepath.Join(dir, "run", "kms.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var stderr syncBuffer
+	go func() {
+		done <- run(ctx, []string{"--listen", "unix://" + sock, "--metrics-addr", "", "--keystore", missing, "--keystore", "file://" + good}, io.Discard, &stderr)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := kmsapi.NewKeyManagementServiceClient(conn)
+	var st *kmsapi.StatusResponse
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		select {
+		case err := <-done:
+			t.Fatalf("run returned %v with the second root fine\n%s", err, stderr.String())
+		default:
+		}
+		cctx, ccancel := context.WithTimeout(ctx, time.Second)
+		st, err = c.Status(cctx, &kmsapi.StatusRequest{})
+		ccancel()
+		if err == nil || time.Since(start) > 10*time.Second {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("Status: %v\n%s", err, stderr.String())
+	}
+	if st.Healthz == "ok" || st.KeyId != "" {
+		t.Fatalf("Status = %v; want not ok and no key_id (no KEK can be made without every root, and there is no state file)", st)
+	}
+	if !strings.Contains(stderr.String(), "root keystore did not open") {
+		t.Fatalf("log does not say the root did not open:\n%s", stderr.String())
+	}
+}

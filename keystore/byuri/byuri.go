@@ -40,6 +40,8 @@ var URIForms = strings.Join([]string{
 type scheme struct {
 	open  func(context.Context, string) (keystore.Backend, error)
 	check func(string) error
+	// name is the backend's Name(), known without opening it.
+	name string
 }
 
 // schemes is the switch from URI scheme to backend. Every scheme is here
@@ -55,12 +57,13 @@ var schemes = map[string]scheme{
 			return file.Open(p)
 		},
 		check: func(uri string) error { _, err := FilePath(uri); return err },
+		name:  file.Name,
 	},
-	"pkcs11":      {openPKCS11, checkPKCS11},
-	schemeAwskms:  {openAWS, checkAWS},
-	schemeGcpkms:  {openGCP, checkGCP},
-	schemeAzurekv: {openAzure, checkAzure},
-	schemeVault:   {openVault, checkVault},
+	"pkcs11":      {openPKCS11, checkPKCS11, "pkcs11"},
+	schemeAwskms:  {openAWS, checkAWS, "awskms"},
+	schemeGcpkms:  {openGCP, checkGCP, "gcpkms"},
+	schemeAzurekv: {openAzure, checkAzure, "azurekv"},
+	schemeVault:   {openVault, checkVault, "vault"},
 }
 
 // Schemes returns every URI scheme Open accepts, sorted, including those

@@ -253,7 +253,14 @@ func (k *Keywarden) Pid() int {
 
 // Start starts keywarden (again) and waits until it is ready. It is an
 // error if it is running.
-func (k *Keywarden) Start() error {
+func (k *Keywarden) Start() error { return k.start(true) }
+
+// StartUnready starts keywarden (again) and waits for its socket and for
+// /healthz only, not /readyz: for a keywarden expected to start unhealthy
+// (a root keystore down).
+func (k *Keywarden) StartUnready() error { return k.start(false) }
+
+func (k *Keywarden) start(ready bool) error {
 	if k.Pid() != 0 {
 		return fmt.Errorf("keywarden already running (pid %d)", k.Pid())
 	}
@@ -279,6 +286,9 @@ func (k *Keywarden) Start() error {
 	err = waitFor(ctx, p, func() error {
 		if fi, err := os.Stat(sock); err != nil || fi.Mode()&os.ModeSocket == 0 {
 			return fmt.Errorf("no socket at %s yet", sock)
+		}
+		if !ready {
+			return k.Live(ctx)
 		}
 		return k.Ready(ctx)
 	})
@@ -309,6 +319,18 @@ func (k *Keywarden) Ready(ctx context.Context) error {
 	}
 	if code != http.StatusOK {
 		return fmt.Errorf("keywarden /readyz: HTTP %d: %s", code, strings.TrimSpace(string(body)))
+	}
+	return nil
+}
+
+// Live returns nil if keywarden's /healthz answers 200.
+func (k *Keywarden) Live(ctx context.Context) error {
+	body, code, err := httpGet(ctx, http.DefaultClient, k.MetricsURL+"/healthz", "")
+	if err != nil {
+		return err
+	}
+	if code != http.StatusOK {
+		return fmt.Errorf("keywarden /healthz: HTTP %d: %s", code, strings.TrimSpace(string(body)))
 	}
 	return nil
 }

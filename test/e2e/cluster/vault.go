@@ -46,7 +46,12 @@ type Vault struct {
 	Keyset *Keyset
 	p      *Process
 	frozen bool
+	port   int
+	dir    string
 }
+
+// VaultRootToken is the root token of every dev server StartVault starts.
+const VaultRootToken = "keywarden-e2e-root"
 
 // StartVault starts bin (VaultBin) in dev mode, with its own HOME and
 // nothing of VAULT_ADDR or VAULT_TOKEN from the test's environment, and
@@ -54,40 +59,9 @@ type Vault struct {
 // stopped at cleanup (thawed first if frozen).
 func StartVault(t testing.TB, tools Tools, bin string) *Vault {
 	t.Helper()
-	dir := workDir(t, "vault")
-	home := filepath.Join(dir, "home")
-	if err := os.Mkdir(home, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	port := mustPort(t)
-	const root = "keywarden-e2e-root"
-	v := &Vault{Addr: "http://" + hostPort(port)}
-	v.p = StartProcessEnv(t, "vault", filepath.Join(dir, "vault.log"),
-		[]string{"HOME=" + home, "VAULT_ADDR=", "VAULT_TOKEN=", "VAULT_CACERT=", "VAULT_CLIENT_CERT=", "VAULT_CLIENT_KEY="},
-		bin, "server", "-dev", "-dev-listen-address="+hostPort(port), "-dev-root-token-id="+root, "-dev-no-store-token")
-	// Registered after StartProcessEnv's stop, so it runs before it: a
-	// stopped process would hold SIGTERM pending until the SIGKILL.
-	t.Cleanup(func() { _ = v.Thaw() })
-
-	cfg := vaultapi.DefaultConfig()
-	cfg.Address = v.Addr
-	cfg.Timeout = 10 * time.Second
-	admin, err := vaultapi.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin.SetToken(root)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		h, err := admin.Sys().Health()
-		if err == nil && h.Initialized && !h.Sealed {
-			break
-		}
-		if v.p.Exited() || time.Now().After(deadline) {
-			t.Fatalf("vault dev server at %s not up: %v\n%s", v.Addr, err, tail(v.p.LogPath, 20))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	v := &Vault{dir: workDir(t, "vault"), port: mustPort(t)}
+	v.Addr = "http://" + hostPort(v.port)
+	admin := v.startDev(t, bin, "home")
 	const mount = "transit"
 	if err := vaulttransit.Setup(admin, mount, "keywarden", false); err != nil {
 		t.Fatal(err)
@@ -96,13 +70,70 @@ func StartVault(t testing.TB, tools Tools, bin string) *Vault {
 	if err != nil {
 		t.Fatalf("create token: %v", err)
 	}
-	tokenFile := filepath.Join(dir, "vault-token")
+	tokenFile := filepath.Join(v.dir, "vault-token")
 	if err := os.WriteFile(tokenFile, []byte(tok.Auth.ClientToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	uri := fmt.Sprintf("hcvault://%s/%s/keys/keywarden?tls=off&token-file=%s&key-id-ttl=1s", hostPort(port), mount, tokenFile)
+	uri := fmt.Sprintf("hcvault://%s/%s/keys/keywarden?tls=off&token-file=%s&key-id-ttl=1s", hostPort(v.port), mount, tokenFile)
 	v.Keyset = NewKeystore(tools, uri)
 	return v
+}
+
+// startDev starts a dev server on v's port with HOME in v.dir/home, waits
+// until it is initialized and unsealed, and returns a client with the root
+// token.
+func (v *Vault) startDev(t testing.TB, bin, home string) *vaultapi.Client {
+	t.Helper()
+	home = filepath.Join(v.dir, home)
+	if err := os.Mkdir(home, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	v.p = StartProcessEnv(t, "vault", filepath.Join(v.dir, "vault.log"),
+		[]string{"HOME=" + home, "VAULT_ADDR=", "VAULT_TOKEN=", "VAULT_CACERT=", "VAULT_CLIENT_CERT=", "VAULT_CLIENT_KEY="},
+		bin, "server", "-dev", "-dev-listen-address="+hostPort(v.port), "-dev-root-token-id="+VaultRootToken, "-dev-no-store-token")
+	// Registered after StartProcessEnv's stop, so it runs before it: a
+	// stopped process would hold SIGTERM pending until the SIGKILL.
+	t.Cleanup(func() { _ = v.Thaw() })
+	admin, err := v.Admin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		h, err := admin.Sys().Health()
+		if err == nil && h.Initialized && !h.Sealed {
+			return admin
+		}
+		if v.p.Exited() || time.Now().After(deadline) {
+			t.Fatalf("vault dev server at %s not up: %v\n%s", v.Addr, err, tail(v.p.LogPath, 20))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Admin is a client of the dev server with its root token.
+func (v *Vault) Admin() (*vaultapi.Client, error) {
+	cfg := vaultapi.DefaultConfig()
+	cfg.Address = v.Addr
+	cfg.Timeout = 10 * time.Second
+	admin, err := vaultapi.NewClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	admin.SetToken(VaultRootToken)
+	return admin, nil
+}
+
+// RestartEmpty stops the dev server and starts a new one on the same
+// address: in memory, so with no Transit mount, no key and no token but
+// the root token. Keywarden's URI (Keyset) still names it, and now fails.
+func (v *Vault) RestartEmpty(t testing.TB, bin string) {
+	t.Helper()
+	if err := v.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	v.p.Stop(20 * time.Second)
+	v.startDev(t, bin, fmt.Sprintf("home-%d", time.Now().UnixNano()))
 }
 
 // Pid is the Vault server's process id.
