@@ -51,17 +51,30 @@ func BenchmarkDecryptParallel(b *testing.B) {
 
 // benchRoots is a Service over n file-keyset roots.
 func benchRoots(b *testing.B, n int) (*rootSet, *Service) {
-	names := []string{"file", "awskms", "vault"}[:n]
-	rs := newRoots(b, names...)
+	rs := newRoots(b, rootNames(n)...)
 	return rs, rs.service(b, nil)
 }
 
-// The cost of a second root at KEK mint: one more keystore Wrap per local
-// KEK (never per request). Reported per mint: ns and wraps.
+// rootNames names n roots as different backends (each a file keyset).
+func rootNames(n int) []string { return []string{"file", "awskms", "vault"}[:n] }
+
+// The cost of a second root and of the recovery seal at KEK mint: one more
+// keystore Wrap per local KEK for a root, one HPKE seal for the recovery
+// key (never per request). Reported per mint: ns and wraps.
 func BenchmarkMint(b *testing.B) {
-	for _, n := range []int{1, 2} {
-		b.Run(fmt.Sprintf("roots=%d", n), func(b *testing.B) {
-			rs, s := benchRoots(b, n)
+	for _, c := range []struct {
+		name     string
+		n        int
+		recovery bool
+	}{{"roots=1", 1, false}, {"roots=2", 2, false}, {"roots=1+recovery", 1, true}, {"roots=2+recovery", 2, true}} {
+		b.Run(c.name, func(b *testing.B) {
+			rs := newRoots(b, rootNames(c.n)...)
+			var mod func(*Config)
+			if c.recovery {
+				_, pub := newRecovery(b)
+				mod = func(cfg *Config) { cfg.Recovery = pub }
+			}
+			s := rs.service(b, mod)
 			before := rs.wraps()
 			ctx := context.Background()
 			b.ReportAllocs()
