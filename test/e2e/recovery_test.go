@@ -64,11 +64,12 @@ func kmsctlIn(t *testing.T, ctx context.Context, tools cluster.Tools, dir string
 // local KEK to a recovery public key (`kmsctl recovery init`, as
 // docs/disaster-recovery.md writes it); secrets and configmaps of varied
 // shapes are written through kube-apiserver; an etcd snapshot is saved;
-// keywarden, kube-apiserver and etcd stop and the root keyset and
-// keywarden's state file are deleted. `kmsctl recover --snapshot` with the
-// private keyset alone then verifies every value and writes manifests
-// byte-identical to what was written, which `kubectl apply -R -f` restores
-// into a fresh cluster (new etcd, new keywarden with new root keys).
+// keywarden and kube-apiserver stop and the root keyset and keywarden's
+// state file are deleted. `kmsctl recover --snapshot` with the private
+// keyset alone (etcd is not read again) then verifies every value and
+// writes manifests byte-identical to what was written, which
+// `kubectl apply --server-side -R -f` restores into a fresh cluster (new
+// etcd, new keywarden with new root keys).
 func TestRecoverFromSnapshot(t *testing.T) {
 	ctx := testCtx(t, 8*time.Minute)
 	tools := cluster.MustTools(t)
@@ -258,7 +259,7 @@ func TestRecoverFromSnapshot(t *testing.T) {
 	compareConfigMap(t, "manifest", wantCM, cmBin, &gotCM)
 
 	// 6. A fresh cluster (new etcd, new keywarden, new root keys):
-	// kubectl apply -R -f as the docs write it.
+	// kubectl apply --server-side -R -f as the docs write it.
 	c2 := cluster.Start(t, cluster.Options{})
 	a2 := c2.APIServer
 	ensureNamespace(t, ctx, a2, ns)
