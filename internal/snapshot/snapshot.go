@@ -61,7 +61,8 @@ func Open(path string) (*Snapshot, error) {
 			return errors.New("no \"key\" bucket: not an etcd v3 database")
 		}
 		return b.ForEach(func(k, v []byte) error {
-			if len(k) != revBytesLen && !(len(k) == markedRevBytesLen && k[revBytesLen] == markTombstone) || k[8] != '_' {
+			valid := len(k) == revBytesLen || len(k) == markedRevBytesLen && k[revBytesLen] == markTombstone
+			if !valid || k[8] != '_' {
 				return fmt.Errorf("malformed revision key of %d bytes", len(k))
 			}
 			main := int64(binary.BigEndian.Uint64(k[:8])) //nolint:gosec // etcd revisions are positive int64
@@ -108,7 +109,7 @@ func (s *Snapshot) Get(_ context.Context, key string, opts ...clientv3.OpOption)
 		switch {
 		case len(end) == 0 && k != key:
 			return resp, nil
-		case len(end) > 0 && !(len(end) == 1 && end[0] == 0) && bytes.Compare([]byte(k), end) >= 0:
+		case len(end) > 0 && (len(end) != 1 || end[0] != 0) && bytes.Compare([]byte(k), end) >= 0:
 			return resp, nil
 		}
 		if l := op.Limit(); l > 0 && int64(len(resp.Kvs)) == l {

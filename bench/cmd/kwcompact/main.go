@@ -55,7 +55,7 @@ func run(args []string, stdout io.Writer) error {
 		return err
 	}
 	if fset.NArg() == 0 {
-		return errors.New("usage: kwcompact [-n] [-root DIR]... FOLDER...")
+		return errors.New("usage: kwcompact [-n] [-root DIR] FOLDER [FOLDER ...]")
 	}
 	paths := bench.LocalPaths()
 	paths.Roots = append(paths.Roots, extra...)
