@@ -21,6 +21,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/keywarden/keywarden/internal/buildinfo"
 	"github.com/keywarden/keywarden/keystore"
 	"github.com/keywarden/keywarden/keystore/byuri"
 	"github.com/keywarden/keywarden/keystore/recovery"
@@ -29,9 +30,6 @@ import (
 	"github.com/keywarden/keywarden/kms/kmsgrpc"
 	"github.com/keywarden/keywarden/metrics"
 )
-
-// version is stamped at build time: -ldflags "-X main.version=v1.2.3".
-var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -131,7 +129,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if o.version {
-		fmt.Fprintln(stdout, "keywarden", version)
+		fmt.Fprint(stdout, buildinfo.String("keywarden"))
 		return nil
 	}
 	if len(o.keystores) == 0 {
@@ -183,7 +181,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	m := metrics.New()
-	m.SetVersion(version)
+	m.SetVersion(buildinfo.Version())
 	cfg := kms.Config{
 		Metrics:            m,
 		Logger:             log,
@@ -254,7 +252,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	grpcErr := make(chan error, 1)
 	go func() { grpcErr <- srv.Serve(ln) }()
-	log.Info("keywarden serving KMS v2", "version", version, "socket", sockPath, "keystore", strings.Join(names, ","), "recovery_key", recoveryKeyID(rec))
+	log.Info("keywarden serving KMS v2", "version", buildinfo.Version(), "commit", buildinfo.Commit(), "socket", sockPath, "keystore", strings.Join(names, ","), "recovery_key", recoveryKeyID(rec))
 
 	var serveErr error
 	select {

@@ -20,9 +20,9 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 	"sigs.k8s.io/yaml"
-)
 
-var version = "dev"
+	"github.com/keywarden/keywarden/internal/buildinfo"
+)
 
 // Exit codes: 0 ok, 1 the operation failed, 2 usage error (including a
 // missing --yes), 3 a check found a problem (unhealthy plugin, failed round
@@ -139,7 +139,7 @@ or destroys, and its audit covers only the migrated resources):
 
 Exit codes: 0 ok; 1 failed; 2 usage error or confirmation missing;
 3 a check found a problem.`,
-		Version:       version,
+		Version:       buildinfo.Version(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
@@ -152,6 +152,8 @@ Exit codes: 0 ok; 1 failed; 2 usage error or confirmation missing;
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
+	// The first line stays cobra's "kmsctl version <v>"; then how it was built.
+	root.SetVersionTemplate("kmsctl version {{.Version}}\n" + buildinfo.Details())
 	root.AddCommand(newKeysCmd(g), newStatusCmd(g), newCheckCmd(g), newAuditCmd(g), newMigrateCmd(g), newRotateCmd(g), newRecoveryCmd(g), newRecoverCmd(g))
 	return root
 }

@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/keywarden/keywarden/internal/buildinfo"
 	"github.com/keywarden/keywarden/internal/migrate"
 )
 
@@ -50,7 +51,7 @@ func (k *kubeFlags) connect() (*kube, error) {
 		return nil, usageError{fmt.Errorf("kubeconfig: %w", err)}
 	}
 	cfg.QPS, cfg.Burst = k.qps, k.burst
-	cfg.UserAgent = "kmsctl/" + version
+	cfg.UserAgent = "kmsctl/" + buildinfo.Version()
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
