@@ -30,7 +30,14 @@
 ARG GO_IMAGE=golang:1.27.3-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/base-debian12:nonroot
 
-FROM ${GO_IMAGE} AS build
+# The build stage runs on the builder's own platform and cross-compiles for
+# TARGETARCH (docker buildx build --platform linux/amd64,linux/arm64 .): cgo
+# for PKCS#11 then needs Debian's cross compiler, installed below when the
+# builder image lacks it (apt reaches deb.debian.org; an air-gapped builder
+# passes a GO_IMAGE that has gcc-aarch64-linux-gnu / gcc-x86-64-linux-gnu and
+# the matching libc6-dev-*-cross). Without BuildKit TARGETARCH is empty and
+# the build is for the builder's platform.
+FROM --platform=${BUILDPLATFORM} ${GO_IMAGE} AS build
 WORKDIR /src
 # The toolchain is the image's (GOTOOLCHAIN=local: never fetch another).
 ENV GOTOOLCHAIN=local CGO_ENABLED=1 GOFLAGS=-trimpath
@@ -38,19 +45,41 @@ COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 ARG VERSION=dev
+ARG COMMIT=
 # Build tags, e.g. TAGS=noaws,nogcp,noazure,novault for an image with the
 # file and PKCS#11 keystores only (docs/install.md, "Build variants").
 ARG TAGS=
+ARG TARGETARCH
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
-    go build -tags "${TAGS}" -ldflags "-s -w -X main.version=${VERSION}" -o /out/ ./cmd/keywarden ./cmd/kmsctl \
- && test "$(/out/keywarden --version)" = "keywarden ${VERSION}" \
- && test "$(/out/kmsctl --version)" = "kmsctl version ${VERSION}"
+    set -e; \
+    host="$(go env GOHOSTARCH)"; arch="${TARGETARCH:-$host}"; cc=gcc; \
+    if [ "$arch" != "$host" ]; then \
+      case "$arch" in \
+        arm64) cc=aarch64-linux-gnu-gcc; pkgs="gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;; \
+        amd64) cc=x86_64-linux-gnu-gcc;  pkgs="gcc-x86-64-linux-gnu libc6-dev-amd64-cross" ;; \
+        *) echo "no cross compiler known for $arch" >&2; exit 1 ;; \
+      esac; \
+      command -v "$cc" >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $pkgs; }; \
+    fi; \
+    GOARCH="$arch" CC="$cc" go build -tags "${TAGS}" -buildvcs=false \
+      -ldflags "-s -w -X github.com/keywarden/keywarden/internal/buildinfo.version=${VERSION} -X github.com/keywarden/keywarden/internal/buildinfo.commit=${COMMIT}" \
+      -o /out/ ./cmd/keywarden ./cmd/kmsctl; \
+    if [ "$arch" = "$host" ]; then \
+      test "$(/out/keywarden --version | head -n1)" = "keywarden ${VERSION}"; \
+      test "$(/out/kmsctl --version | head -n1)" = "kmsctl version ${VERSION}"; \
+    fi
 
 FROM ${RUNTIME_IMAGE}
 ARG VERSION=dev
+ARG COMMIT=
+# OCI annotations as labels (make image and hack/release pass VERSION and
+# COMMIT; SOURCE is where the code lives, for a fork or a mirror to change).
+ARG SOURCE=https://github.com/keywarden/keywarden
 LABEL org.opencontainers.image.title="keywarden" \
       org.opencontainers.image.description="Kubernetes KMS v2 plugin" \
-      org.opencontainers.image.version="${VERSION}"
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${COMMIT}" \
+      org.opencontainers.image.source="${SOURCE}"
 COPY --from=build /out/keywarden /out/kmsctl /usr/local/bin/
 # distroless "nonroot"; the static pod sets the same uid and needs its host
 # directories owned by it (deploy/static-pod/keywarden.tmpfiles.conf).

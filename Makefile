@@ -11,7 +11,11 @@
 GOTOOLCHAIN_PIN ?= go1.27.3
 GO              ?= env GOTOOLCHAIN=$(GOTOOLCHAIN_PIN) go
 VERSION         ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS         := -s -w -X main.version=$(VERSION)
+COMMIT          ?= $(shell git rev-parse HEAD 2>/dev/null)
+# --version prints these (internal/buildinfo); hack/release/release.sh
+# stamps the same two.
+BUILDINFO       := github.com/keywarden/keywarden/internal/buildinfo
+LDFLAGS         := -s -w -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).commit=$(COMMIT)
 BIN             := bin
 DEV             := .dev
 GOLANGCI_LINT_VERSION := v2.15.0
@@ -23,6 +27,7 @@ TAGS            ?=
 LEAN_TAGS       := noaws,nogcp,noazure,novault
 
 .PHONY: all build build-nopkcs11 build-lean run test check unit unit-short fuzz lint fmt vet golangci-lint vulncheck \
+        actionlint release release-check test-arm64 \
         bench bench-socket bench-keystores bench-quick bench-apiserver soak e2e-tools node-tools vault-tools e2e outage-start outage-wait e2e-node e2e-node-if-enabled faults faults-update image clean kind-up kind-e2e kind-down
 
 all: build
@@ -80,7 +85,13 @@ FUZZTIME ?= 10s
 fuzz:
 	GO="$(GO)" FUZZTIME=$(FUZZTIME) hack/fuzz.sh
 
-lint: fmt vet golangci-lint vulncheck
+lint: fmt vet golangci-lint vulncheck actionlint
+
+# The GitHub Actions workflows (.github/workflows), with shellcheck on their
+# run: scripts when shellcheck is installed (.ci/run installs it).
+actionlint:
+	GO="$(GO)" bash hack/release/tools/build.sh actionlint
+	hack/release/tools/bin/actionlint
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -106,6 +117,26 @@ golangci-lint: $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 # built from the golang.org/x/vulndb module (pinned in hack/vulncheck.sh).
 vulncheck:
 	GO="$(GO)" GOVULNCHECK_VERSION=$(GOVULNCHECK_VERSION) hack/vulncheck.sh
+
+# Release files for VERSION=vX.Y.Z in dist/<VERSION>/: tarballs for
+# linux/amd64 and linux/arm64 (cgo with PKCS#11, and static nopkcs11),
+# SBOMs, SHA256SUMS, cosign signatures (COSIGN_KEY and COSIGN_PASSWORD, or a
+# throwaway key pair). docs/install.md, "Releasing".
+release:
+	GO="$(GO)" bash hack/release/release.sh $(VERSION)
+
+# make release into a temporary folder, checked as an operator would check
+# it, and rebuilt from another path to the same bytes (part of make test).
+release-check:
+	GO="$(GO)" bash hack/release/check.sh
+
+# The unit tests of the packages that hold the crypto and the wire format,
+# cross-compiled for linux/arm64 and run under qemu user-mode emulation
+# (Debian's qemu-user-static; no binfmt registration needed). -trimpath as
+# the release builds: the arm64 compiles of their dependencies are shared.
+ARM64_PKGS ?= ./kms/... ./keystore/file/ ./keystore/recovery/ ./internal/buildinfo/ ./internal/stored/
+test-arm64:
+	CGO_ENABLED=0 GOARCH=arm64 $(GO) test -count=1 -trimpath -tags nopkcs11 -exec qemu-aarch64-static $(ARM64_PKGS)
 
 bench-quick:
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 1 ./kms/... ./bench
@@ -228,7 +259,7 @@ kind-down:
 # (docs/install.md, "Pinning the base images").
 DOCKER_BUILD_ARGS ?=
 image:
-	DOCKER_BUILDKIT=1 docker build --build-arg VERSION=$(VERSION) $(DOCKER_BUILD_ARGS) -t keywarden:$(VERSION) .
+	DOCKER_BUILDKIT=1 docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) $(DOCKER_BUILD_ARGS) -t keywarden:$(VERSION) .
 
 clean:
 	rm -rf $(BIN) $(DEV)

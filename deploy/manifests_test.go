@@ -590,13 +590,15 @@ func TestDockerfile(t *testing.T) {
 	if len(stages) == 0 {
 		t.Error("no named build stage: the FROM lines did not parse")
 	}
-	for _, want := range []string{"-X main.version=${VERSION}", "CGO_ENABLED=1", "./cmd/keywarden ./cmd/kmsctl", `ENTRYPOINT ["/usr/local/bin/keywarden"]`} {
+	for _, want := range []string{"buildinfo.version=${VERSION}", "buildinfo.commit=${COMMIT}", "CGO_ENABLED=1", "./cmd/keywarden ./cmd/kmsctl", `ENTRYPOINT ["/usr/local/bin/keywarden"]`} {
 		if !strings.Contains(text, want) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}
 	}
-	if !strings.Contains(string(mk), "-X main.version=$(VERSION)") {
-		t.Error("the Makefile no longer stamps main.version; keep the Dockerfile in step")
+	for _, want := range []string{"$(BUILDINFO).version=$(VERSION)", "$(BUILDINFO).commit=$(COMMIT)"} {
+		if !strings.Contains(string(mk), want) {
+			t.Errorf("the Makefile no longer stamps %s; keep the Dockerfile in step", want)
+		}
 	}
 	users := regexp.MustCompile(`(?m)^USER (\d+):(\d+)$`).FindAllStringSubmatch(text, -1)
 	if len(users) == 0 || users[len(users)-1][1] != strconv.Itoa(nonroot) {

@@ -99,13 +99,14 @@ buildah pull -q "docker-archive:${bases}/golang.tar" >/dev/null
 buildah pull -q "docker-archive:${bases}/runtime.tar" >/dev/null
 buildah pull -q "docker-archive:${bases}/runtime-cc.tar" >/dev/null
 version="$(git -C "$repo" describe --tags --always --dirty 2>/dev/null || echo dev)"
+commit="$(git -C "$repo" rev-parse HEAD)"
 
 build() { # runtime-ref archive tag
 	local start=$SECONDS
 	log "buildah bud -f Dockerfile (VERSION=${version}, RUNTIME_IMAGE=$1)"
 	# --network host: the RUN steps reach the module proxy as this machine does.
 	buildah bud --quiet --network host --pull=never --layers=false \
-		--build-arg GO_IMAGE="$GO_REF" --build-arg RUNTIME_IMAGE="$1" --build-arg VERSION="$version" \
+		--build-arg GO_IMAGE="$GO_REF" --build-arg RUNTIME_IMAGE="$1" --build-arg VERSION="$version" --build-arg COMMIT="$commit" \
 		-t localhost/keywarden:node-e2e -f "$repo/Dockerfile" "$repo" >/dev/null
 	log "built in $((SECONDS - start))s"
 	rm -f "$2"
