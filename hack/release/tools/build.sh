@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2086
+# Builds the release tools into hack/release/tools/bin from the pins in this
+# folder's go.mod / go.sum (its own module, so the tools' dependencies never
+# enter keywarden's module graph):
+#   cosign           signs and verifies the release files (sign-blob, offline)
+#   cyclonedx-gomod  the SBOM of each binary, from the module graph Go
+#                    embedded in it (`go version -m`)
+#   actionlint       checks .github/workflows in make lint
+# Cached like the e2e tools (hack/toolcache.sh) under
+#   ${KEYWARDEN_TOOLS_CACHE:-$HOME/.cache/keywarden/e2e-tools}/release-<key>/
+# <key>: go.mod, go.sum and this script. Cold: about 4 minutes on 2 cores.
+#
+#   build.sh [NAME...]   only the named tools (default: all three)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+# GO may be several words ("env GOTOOLCHAIN=go1.27.3 go", as make passes it),
+# so it is expanded unquoted.
+GO="${GO:-go}"
+log() { echo "release-tools: $*"; }
+
+names=("$@")
+[[ ${#names[@]} -gt 0 ]] || names=(actionlint cosign cyclonedx-gomod)
+declare -A pkg=(
+	[actionlint]=github.com/rhysd/actionlint/cmd/actionlint
+	[cosign]=github.com/sigstore/cosign/v3/cmd/cosign
+	[cyclonedx-gomod]=github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod
+)
+
+key="$(cat go.mod go.sum build.sh | sha256sum | cut -c1-64)"
+cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
+# shellcheck source=hack/toolcache.sh
+source "${here}/../../toolcache.sh"
+
+for n in "${names[@]}"; do
+	[[ -n "${pkg[$n]:-}" ]] || { log "unknown tool $n"; exit 2; }
+	tc_init "$key" "${cache_root}/release-${key}/${n}" "${here}/bin" "$n"
+	if tc_reuse; then continue; fi
+	out="$(mktemp -d)"
+	start=$SECONDS
+	GOWORK=off CGO_ENABLED=0 $GO build -trimpath -ldflags "-s -w" -o "$out/$n" "${pkg[$n]}"
+	log "built $n in $((SECONDS - start))s"
+	tc_install "$out"
+	tc_publish "$out"
+	rm -rf "$out"
+done
