@@ -38,6 +38,37 @@ cosign="$here/tools/bin/cosign"
 commit="$(git rev-parse HEAD)"
 [[ -z "$(git status --porcelain --untracked-files=no)" ]] || commit+="-dirty"
 
+# docs/install.md's "Verify what you downloaded" block, run as written in a
+# folder holding the release, with only its first line's values (the
+# release and platform) set to this release's. cosign is the release tools'
+# build; govulncheck the pinned one (make vulncheck's) on the offline
+# database make vulncheck builds, passed as -db as an operator without
+# internet would.
+doc_block() {
+	awk '/^## Verify what you downloaded/{s=1} s&&/^```sh$/{b=1;next} b&&/^```$/{exit} b{print}' docs/install.md
+}
+block="$(doc_block)"
+first="$(head -n1 <<<"$block")"
+[[ "$first" == "export VERSION="*" ARCH="* ]] || fail "docs/install.md's verify block must start with 'export VERSION=… ARCH=…', not '$first'"
+# shellcheck disable=SC2016 # the sed pattern matches a literal ${…}
+vulndb="${KEYWARDEN_CACHE:-$HOME/.cache/keywarden}/vulndb-$(sed -n 's/^VULNDB_VERSION=\${VULNDB_VERSION:-\(.*\)}$/\1/p' hack/vulncheck.sh)"
+[[ -f "$vulndb/index/db.json" ]] || GO="$GO" bash hack/vulncheck.sh >/dev/null
+govulncheck_version="$(sed -n 's/^GOVULNCHECK_VERSION *:= *//p' Makefile)"
+mkdir -p "$tmp/download"
+cp "$dist"/* "$tmp/download/"
+(
+	cd "$tmp/download"
+	export PATH="$here/tools/bin:$PATH"
+	# shellcheck disable=SC2317 # called by the block, through export -f
+	govulncheck() { $GO run "golang.org/x/vuln/cmd/govulncheck@${govulncheck_version}" -db "file://${vulndb}" "$@"; }
+	export -f govulncheck
+	export GO govulncheck_version vulndb
+	bash -euo pipefail -c "export VERSION=${version} ARCH=amd64
+$(tail -n +2 <<<"$block")"
+) >"$tmp/doc.log" 2>&1 || { cat "$tmp/doc.log"; fail "docs/install.md's verify block failed (above)"; }
+grep -q "^keywarden ${version}$" "$tmp/doc.log" || { cat "$tmp/doc.log"; fail "the verify block's --version did not print keywarden ${version}"; }
+log "docs/install.md's verify block ran as written: $(grep -c ': OK$' "$tmp/doc.log") checksums OK, signature, --version, SBOM, govulncheck"
+
 # Checksums.
 (cd "$dist" && sha256sum --quiet -c SHA256SUMS) || fail "sha256sum -c SHA256SUMS"
 listed="$(awk '{print $2}' "$dist/SHA256SUMS" | sort)"
