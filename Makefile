@@ -57,6 +57,8 @@ run: build
 	  --metrics-addr 127.0.0.1:8095 --log-format text
 
 # Everything CI runs.
+# test-arm64 and release-check (issue 16): the arm64 unit tests under qemu,
+# and make release checked and rebuilt (docs/install.md, "Making a release").
 # e2e-tools first: the unit tests of kmsctl audit and internal/audit read a
 # real etcd (they skip without one, or fail under KEYWARDEN_REQUIRE_ETCD).
 # TestKeystoreOutage spends its 11 minutes mostly waiting out a frozen
@@ -64,7 +66,7 @@ run: build
 # exist (outage-start) and collects it at the end (outage-wait), instead of
 # running it beside test/e2e only.
 test: E2E_PKGS = ./test/e2e/
-test: lint e2e-tools outage-start unit fuzz build-nopkcs11 build-lean e2e e2e-node-if-enabled outage-wait
+test: lint e2e-tools outage-start unit fuzz build-nopkcs11 build-lean test-arm64 release-check e2e e2e-node-if-enabled outage-wait
 
 unit:
 	$(GO) test -race -count=1 ./...

@@ -10,7 +10,8 @@ import (
 )
 
 // TestShellcheck keeps the kind scripts, which cannot run here (no Docker
-// engine), clean under shellcheck, following their `source`s.
+// engine), and the release scripts clean under shellcheck, following their
+// `source`s.
 func TestShellcheck(t *testing.T) {
 	sc := needTool(t, "shellcheck", "shellcheck")
 	scripts, err := filepath.Glob("kind/*.sh")
@@ -20,6 +21,17 @@ func TestShellcheck(t *testing.T) {
 	args := []string{"-x"}
 	for _, s := range scripts {
 		args = append(args, filepath.Join("deploy", s))
+	}
+	release, err := filepath.Glob(filepath.Join(repoRoot, "hack", "release", "*.sh"))
+	if err != nil || len(release) < 3 {
+		t.Fatalf("release scripts: %v %v", release, err)
+	}
+	for _, s := range append(release, filepath.Join(repoRoot, "hack", "release", "tools", "build.sh")) {
+		rel, err := filepath.Rel(repoRoot, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, rel)
 	}
 	run(t, repoRoot, sc, args...)
 }

@@ -32,11 +32,13 @@ fail() {
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 start=$SECONDS
-DIST="$tmp/dist" GO="$GO" bash "$here/release.sh" "$version"
-dist="$tmp/dist/$version"
-cosign="$here/tools/bin/cosign"
 commit="$(git rev-parse HEAD)"
 [[ -z "$(git status --porcelain --untracked-files=no)" ]] || commit+="-dirty"
+# The commit the binaries must name, fixed now (a file edited while this runs
+# must not make the two disagree).
+RELEASE_COMMIT="$commit" DIST="$tmp/dist" GO="$GO" bash "$here/release.sh" "$version"
+dist="$tmp/dist/$version"
+cosign="$here/tools/bin/cosign"
 
 # docs/install.md's "Verify what you downloaded" block, run as written in a
 # folder holding the release, with only its first line's values (the

@@ -44,8 +44,8 @@ GO="${GO:-go}"
 BUILDINFO=github.com/keywarden/keywarden/internal/buildinfo
 log() { echo "release: $*" >&2; }
 
-commit="$(git rev-parse HEAD)"
-if [[ -n "$(git status --porcelain --untracked-files=no)" ]]; then
+commit="${RELEASE_COMMIT:-$(git rev-parse HEAD)}"
+if [[ -z "${RELEASE_COMMIT:-}" && -n "$(git status --porcelain --untracked-files=no)" ]]; then
 	commit="${commit}-dirty"
 fi
 epoch="$(git log -1 --format=%ct HEAD)"

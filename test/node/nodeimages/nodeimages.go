@@ -45,13 +45,14 @@ type Spec struct {
 	WorkingDir string
 	Env        []string          // KEY=value
 	Labels     map[string]string // image labels
+	Arch       string            // GOARCH of the image's files; empty is amd64
 }
 
 // epoch is every file's modification time, so an image's digest depends
 // only on its contents.
 var epoch = time.Unix(0, 0).UTC()
 
-// Image builds the image of s, linux/amd64: the tar files of s.Layers,
+// Image builds the image of s, linux/<s.Arch> (amd64 by default): the tar files of s.Layers,
 // then one layer holding s.Files (and the directories above them, 0755
 // root).
 func Image(s Spec) (v1.Image, error) {
@@ -85,7 +86,10 @@ func Image(s Spec) (v1.Image, error) {
 		return nil, err
 	}
 	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.OS, cf.Architecture = "linux", s.Arch
+	if s.Arch == "" {
+		cf.Architecture = "amd64"
+	}
 	cf.Created = v1.Time{Time: epoch}
 	cf.Config.Entrypoint = s.Entrypoint
 	cf.Config.User = s.User

@@ -36,6 +36,16 @@ func TestImage(t *testing.T) {
 		t.Errorf("config %+v", cf.Config)
 	}
 
+	armSpec := spec
+	armSpec.Arch = "arm64"
+	arm, err := Image(armSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if acf, err := arm.ConfigFile(); err != nil || acf.Architecture != "arm64" || acf.OS != "linux" {
+		t.Errorf("Arch arm64: config %+v, %v", acf, err)
+	}
+
 	// The layer: parents before children, modes as asked.
 	got := map[string]*tar.Header{}
 	var order []string

@@ -30,6 +30,7 @@ func main() {
 	flag.Var(&env, "env", "KEY=value in the image's environment (repeatable)")
 	flag.StringVar(&spec.User, "user", "", "the image's user")
 	flag.StringVar(&spec.WorkingDir, "workdir", "", "the image's working directory")
+	flag.StringVar(&spec.Arch, "arch", "amd64", "the architecture of the image's files (GOARCH)")
 	flag.Parse()
 	if *out == "" || spec.Ref == "" || len(layers) == 0 {
 		fmt.Fprintln(os.Stderr, "mkimage: -o, -ref and at least one -layer are required")
