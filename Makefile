@@ -227,10 +227,12 @@ outage-wait:
 
 # The node test (test/node, docs/e2e.md): this machine made a kubeadm
 # control-plane node (containerd, the kubelet, kubeadm init) running
-# keywarden's static pod, README's install steps run from README. Root only;
+# keywarden's static pod, README's install steps run from README; the image
+# is also cross-built for linux/arm64 and checked (test/node/image.sh). Root only;
 # it refuses a machine that already is a node, and cleans up after itself.
 e2e-node: e2e-tools node-tools
-	GO="$(GO)" bash test/node/image.sh $(CURDIR)/$(BIN)/node/keywarden-image.tar $(CURDIR)/$(BIN)/node/keywarden-pkcs11-image.tar
+	KEYWARDEN_IMAGE_ARM64=$(CURDIR)/$(BIN)/node/keywarden-image-arm64.tar \
+	  GO="$(GO)" bash test/node/image.sh $(CURDIR)/$(BIN)/node/keywarden-image.tar $(CURDIR)/$(BIN)/node/keywarden-pkcs11-image.tar
 	KEYWARDEN_NODE_IMAGE=$(CURDIR)/$(BIN)/node/keywarden-image.tar \
 	  KEYWARDEN_NODE_IMAGE_PKCS11=$(CURDIR)/$(BIN)/node/keywarden-pkcs11-image.tar KEYWARDEN_E2E_NODE=1 \
 	  $(GO) test -count=1 -timeout 30m -tags node -v ./test/node/

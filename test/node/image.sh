@@ -4,7 +4,12 @@
 # keywarden:dev (the static pod's image:) to $1; with $2, also the PKCS#11
 # variant docs/keystores/pkcs11.md describes (the same Dockerfile on a
 # runtime with libstdc++ and libgcc_s, which SoftHSM2's module needs),
-# tagged keywarden:dev-pkcs11, to $2.
+# tagged keywarden:dev-pkcs11, to $2. With KEYWARDEN_IMAGE_ARM64=<archive>,
+# also the linux/arm64 image, cross-built by the same Dockerfile
+# (buildah bud --platform linux/arm64: the build stage runs here and
+# cross-compiles with cgo, the runtime is an arm64 base made here), checked
+# (its architecture, its binaries AArch64, their --version under
+# qemu-aarch64-static with the image's own libc) and written there.
 #
 # No registry is reachable here, so the Dockerfile's two base images are
 # made on this machine and passed through its ARGs, as an air-gapped
@@ -19,7 +24,11 @@
 #                  ca-certificates, netbase, tzdata and base-files packages,
 #                  Debian's CA bundle, /etc/passwd with nonroot (65532);
 #                  for the PKCS#11 variant (like distroless/cc-debian12) also
-#                  libstdc++6, libgcc-s1 and libssl3.
+#                  libstdc++6, libgcc-s1 and libssl3. Its arm64 twin is made
+#                  from the arm64 builds of libc6 and base-files (the others
+#                  are architecture-independent): dpkg learns the arm64
+#                  architecture for that (dpkg --add-architecture arm64).
+#                  The builder also gets Debian's arm64 cross gcc and libc.
 # Both are cached (about 250 MB) under
 #   ${KEYWARDEN_TOOLS_CACHE:-$HOME/.cache/keywarden/e2e-tools}/node-bases-<key>/
 # <key>: this script, the Go version and the host's CA bundle. The image
@@ -36,6 +45,7 @@ MIRROR="${KEYWARDEN_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 GO_REF=localhost/keywarden-base/golang:bookworm
 RT_REF=localhost/keywarden-base/distroless-base-debian12:nonroot
 CC_REF=localhost/keywarden-base/distroless-cc-debian12:nonroot
+RT_ARM64_REF=localhost/keywarden-base/distroless-base-debian12:nonroot-arm64
 log() { echo "node-image: $*"; }
 
 goroot="$($GO env GOROOT)"
@@ -44,12 +54,12 @@ key="$( (cat "${BASH_SOURCE[0]}"; echo "$goversion"; cat /etc/ssl/certs/ca-certi
 cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
 bases="${cache_root}/node-bases-${key}"
 
-if [[ ! -f "$bases/golang.tar" || ! -f "$bases/runtime.tar" || ! -f "$bases/runtime-cc.tar" ]]; then
+if [[ ! -f "$bases/golang.tar" || ! -f "$bases/runtime.tar" || ! -f "$bases/runtime-cc.tar" || ! -f "$bases/runtime-arm64.tar" ]]; then
 	log "no cached base images at ${bases}: making them (debootstrap ${SUITE}, ${goversion})"
 	start=$SECONDS
 	tmp="$(mktemp -d /var/tmp/kw-node-bases.XXXXXX)"
 	trap 'rm -rf "$tmp"' EXIT
-	debootstrap --variant=minbase --include=gcc,libc6-dev,ca-certificates "$SUITE" "$tmp/rootfs" "$MIRROR" >"$tmp/debootstrap.log" 2>&1 ||
+	debootstrap --variant=minbase --include=gcc,libc6-dev,ca-certificates,gcc-aarch64-linux-gnu,libc6-dev-arm64-cross "$SUITE" "$tmp/rootfs" "$MIRROR" >"$tmp/debootstrap.log" 2>&1 ||
 		{ tail -20 "$tmp/debootstrap.log"; exit 1; }
 	cp -a "$goroot" "$tmp/rootfs/usr/local/go"
 	mkdir -p "$tmp/rootfs/go"
@@ -68,7 +78,7 @@ if [[ ! -f "$bases/golang.tar" || ! -f "$bases/runtime.tar" || ! -f "$bases/runt
 		local dir="$1" tarfile="$2" p
 		shift 2
 		mkdir -p "$dir"
-		for p in "$@"; do dpkg -x "$tmp/debs/${p}_"*.deb "$dir"; done
+		for p in "$@"; do dpkg -x "${debs:-$tmp/debs}/${p}_"*.deb "$dir"; done
 		install -D -m 0644 "$tmp/debian-ca.crt" "$dir/etc/ssl/certs/ca-certificates.crt"
 		printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$dir/etc/passwd"
 		printf 'root:x:0:\nnobody:x:65534:\nnonroot:x:65532:\n' >"$dir/etc/group"
@@ -77,8 +87,19 @@ if [[ ! -f "$bases/golang.tar" || ! -f "$bases/runtime.tar" || ! -f "$bases/runt
 		rm -rf "$dir/usr/share/doc" "$dir/usr/share/man" "$dir/usr/share/lintian"
 		tar --numeric-owner -C "$dir" -cf "$tarfile" .
 	}
+	arm64_debs=(libc6:arm64 base-files:arm64)
+	if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+		log "dpkg --add-architecture arm64 (for the arm64 runtime base's libc6 and base-files)"
+		dpkg --add-architecture arm64
+	fi
+	mkdir -p "$tmp/debs-arm64"
+	(cd "$tmp/debs-arm64" && apt-get download "${arm64_debs[@]}" >/dev/null 2>&1) ||
+		{ apt-get update -qq && (cd "$tmp/debs-arm64" && apt-get download "${arm64_debs[@]}"); }
 	runtime_fs "$tmp/rt" "$tmp/runtime-fs.tar" "${base_debs[@]}"
 	runtime_fs "$tmp/rtcc" "$tmp/runtime-cc-fs.tar" "${base_debs[@]}" "${cc_debs[@]}"
+	# arm64: libc6 and base-files of arm64, the rest as for amd64.
+	for p in ca-certificates netbase tzdata; do cp "$tmp/debs/${p}_"*.deb "$tmp/debs-arm64/"; done
+	debs="$tmp/debs-arm64" runtime_fs "$tmp/rtarm64" "$tmp/runtime-arm64-fs.tar" "${base_debs[@]}"
 
 	(cd "$repo" && $GO run ./test/node/cmd/mkimage -o "$tmp/golang.tar" -ref "$GO_REF" -layer "$tmp/builder.tar" \
 		-env PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin -env GOPATH=/go -workdir /go)
@@ -86,9 +107,11 @@ if [[ ! -f "$bases/golang.tar" || ! -f "$bases/runtime.tar" || ! -f "$bases/runt
 		-user 65532:65532 -workdir /home/nonroot)
 	(cd "$repo" && $GO run ./test/node/cmd/mkimage -o "$tmp/runtime-cc.tar" -ref "$CC_REF" -layer "$tmp/runtime-cc-fs.tar" \
 		-user 65532:65532 -workdir /home/nonroot)
+	(cd "$repo" && $GO run ./test/node/cmd/mkimage -o "$tmp/runtime-arm64.tar" -ref "$RT_ARM64_REF" -layer "$tmp/runtime-arm64-fs.tar" \
+		-user 65532:65532 -workdir /home/nonroot -arch arm64)
 	mkdir -p "$cache_root"
 	rm -rf "$bases"
-	mkdir -p "$tmp/out" && mv "$tmp/golang.tar" "$tmp/runtime.tar" "$tmp/runtime-cc.tar" "$tmp/out/"
+	mkdir -p "$tmp/out" && mv "$tmp/golang.tar" "$tmp/runtime.tar" "$tmp/runtime-cc.tar" "$tmp/runtime-arm64.tar" "$tmp/out/"
 	mv -T "$tmp/out" "$bases"
 	log "base images made in $((SECONDS - start))s, cached in ${bases}"
 else
@@ -98,6 +121,7 @@ fi
 buildah pull -q "docker-archive:${bases}/golang.tar" >/dev/null
 buildah pull -q "docker-archive:${bases}/runtime.tar" >/dev/null
 buildah pull -q "docker-archive:${bases}/runtime-cc.tar" >/dev/null
+buildah pull -q "docker-archive:${bases}/runtime-arm64.tar" >/dev/null
 version="$(git -C "$repo" describe --tags --always --dirty 2>/dev/null || echo dev)"
 commit="$(git -C "$repo" rev-parse HEAD)"
 
@@ -118,4 +142,46 @@ build() { # runtime-ref archive tag
 build "$RT_REF" "$out" keywarden:dev
 if [[ -n "$out_pkcs11" ]]; then
 	build "$CC_REF" "$out_pkcs11" keywarden:dev-pkcs11
+fi
+
+# The linux/arm64 image: the same Dockerfile, cross-built (its build stage
+# runs here, --platform=$BUILDPLATFORM), on the arm64 runtime base. It cannot
+# run on this amd64 node, so it is checked as files: the image's platform,
+# the binaries' ELF machine, and --version of both under
+# qemu-aarch64-static, loading the image's own arm64 libc.
+if [[ -n "${KEYWARDEN_IMAGE_ARM64:-}" ]]; then
+	start=$SECONDS
+	ref=localhost/keywarden:node-e2e-arm64
+	log "buildah bud --platform linux/arm64 -f Dockerfile (RUNTIME_IMAGE=${RT_ARM64_REF})"
+	buildah bud --quiet --network host --pull=never --layers=false --platform linux/arm64 \
+		--build-arg GO_IMAGE="$GO_REF" --build-arg RUNTIME_IMAGE="$RT_ARM64_REF" \
+		--build-arg VERSION="$version" --build-arg COMMIT="$commit" \
+		-t "$ref" -f "$repo/Dockerfile" "$repo" >/dev/null
+	log "built in $((SECONDS - start))s"
+	arch="$(buildah inspect --type image --format '{{.OCIv1.OS}}/{{.OCIv1.Architecture}}' "$ref")"
+	[[ "$arch" == linux/arm64 ]] || { log "FAIL: the arm64 image says $arch"; exit 1; }
+	ctr="$(buildah from --pull=never "$ref")"
+	mnt="$(buildah mount "$ctr")"
+	check_arm64() {
+		local b out
+		for b in keywarden kmsctl; do
+			readelf -h "$mnt/usr/local/bin/$b" | grep -q 'Machine:.*AArch64' || { log "FAIL: $b in the arm64 image is not AArch64"; return 1; }
+			out="$(QEMU_LD_PREFIX="$mnt" qemu-aarch64-static "$mnt/usr/local/bin/$b" --version)" || { log "FAIL: $b --version under qemu: $out"; return 1; }
+			if ! { grep -qx "platform: linux/arm64" <<<"$out" && grep -qx "commit:   ${commit}" <<<"$out" &&
+				grep -qE "^(keywarden|kmsctl version) ${version}$" <<<"$out"; }; then
+				log "FAIL: $b --version: $out"
+				return 1
+			fi
+		done
+	}
+	rc=0
+	check_arm64 || rc=1
+	buildah umount "$ctr" >/dev/null
+	buildah rm "$ctr" >/dev/null
+	[[ $rc == 0 ]] || exit 1
+	rm -f "$KEYWARDEN_IMAGE_ARM64"
+	mkdir -p "$(dirname "$KEYWARDEN_IMAGE_ARM64")"
+	buildah push -q "$ref" "docker-archive:${KEYWARDEN_IMAGE_ARM64}:keywarden:dev-arm64"
+	buildah rmi "$ref" >/dev/null
+	log "arm64 image: linux/arm64, keywarden and kmsctl AArch64, --version under qemu names ${version} and the commit; wrote ${KEYWARDEN_IMAGE_ARM64}"
 fi
