@@ -41,8 +41,11 @@ ARG VERSION=dev
 # Build tags, e.g. TAGS=noaws,nogcp,noazure,novault for an image with the
 # file and PKCS#11 keystores only (docs/install.md, "Build variants").
 ARG TAGS=
+# GOFIPS140=v1.0.0 builds against Go's FIPS 140-3 module; the binaries then
+# run in FIPS 140-3 mode by default (docs/fips.md). off: the usual build.
+ARG GOFIPS140=off
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
-    go build -tags "${TAGS}" -ldflags "-s -w -X main.version=${VERSION}" -o /out/ ./cmd/keywarden ./cmd/kmsctl \
+    GOFIPS140="${GOFIPS140}" go build -tags "${TAGS}" -ldflags "-s -w -X main.version=${VERSION}" -o /out/ ./cmd/keywarden ./cmd/kmsctl \
  && test "$(/out/keywarden --version)" = "keywarden ${VERSION}" \
  && test "$(/out/kmsctl --version)" = "kmsctl version ${VERSION}"
 
