@@ -57,8 +57,9 @@ run: build
 	  --metrics-addr 127.0.0.1:8095 --log-format text
 
 # Everything CI runs.
-# test-arm64 and release-check (issue 16): the arm64 unit tests under qemu,
-# and make release checked and rebuilt (docs/install.md, "Making a release").
+# test-arm64, fips and release-check (issue 16): the arm64 unit tests under
+# qemu, FIPS 140-3 mode (docs/fips.md), and make release checked and rebuilt
+# (docs/install.md, "Making a release").
 # e2e-tools first: the unit tests of kmsctl audit and internal/audit read a
 # real etcd (they skip without one, or fail under KEYWARDEN_REQUIRE_ETCD).
 # TestKeystoreOutage spends its 11 minutes mostly waiting out a frozen
@@ -66,7 +67,7 @@ run: build
 # exist (outage-start) and collects it at the end (outage-wait), instead of
 # running it beside test/e2e only.
 test: E2E_PKGS = ./test/e2e/
-test: lint e2e-tools outage-start unit fuzz build-nopkcs11 build-lean test-arm64 release-check e2e e2e-node-if-enabled outage-wait
+test: lint e2e-tools outage-start unit fuzz build-nopkcs11 build-lean test-arm64 fips release-check e2e e2e-node-if-enabled outage-wait
 
 unit:
 	$(GO) test -race -count=1 ./...
@@ -267,3 +268,11 @@ image:
 
 clean:
 	rm -rf $(BIN) $(DEV)
+
+# FIPS 140-3 mode (docs/fips.md): keywarden and kmsctl built with GOFIPS140
+# (default v1.0.0), their unit tests and a socket round trip run under
+# GODEBUG=fips140=only. Uses SoftHSM2 and, with VAULT_ADDR set, a Vault dev
+# server, like make unit.
+.PHONY: fips
+fips:
+	GO="$(GO)" hack/fips.sh

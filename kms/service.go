@@ -113,7 +113,8 @@ type Config struct {
 	// KEKs); a Decrypt that would start one more is refused with
 	// ResourceExhausted.
 	MaxUnwraps int
-	// Now and Rand are injected by tests.
+	// Now and Rand are injected by tests. Rand makes the local KEKs (the
+	// AES-GCM nonces come from the AEAD itself: envelope.NewAEAD).
 	Now  func() time.Time
 	Rand io.Reader
 }
@@ -329,7 +330,7 @@ func (s *Service) Encrypt(_ context.Context, _ string, pt []byte) (*service.Encr
 	if k.uses.Add(1) > s.hardUses {
 		return nil, toStatus(errKEKSpent)
 	}
-	ct, err := envelope.Seal(k.aead, s.cfg.Rand, pt, k.aad)
+	ct, err := envelope.Seal(k.aead, pt, k.aad)
 	if err != nil {
 		return nil, toStatus(err)
 	}

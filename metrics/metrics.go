@@ -46,6 +46,7 @@ type Metrics struct {
 	keksRevoked     prometheus.Counter
 	unwrapsByRoot   *prometheus.CounterVec
 	buildInfo       *prometheus.GaugeVec
+	fips140         *prometheus.GaugeVec
 
 	rpc *rpcMetrics
 
@@ -129,11 +130,15 @@ func New() *Metrics {
 			Namespace: Namespace, Name: "build_info",
 			Help: "Always 1; labels carry the version.",
 		}, []string{"version"}),
+		fips140: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "fips140_enabled",
+			Help: "1 if keywarden runs in FIPS 140-3 mode (GODEBUG fips140=on or only), else 0. mode: off, on or only (only: algorithms the FIPS module does not approve are refused); module: the Go Cryptographic Module's version (v1.0.0 when built with GOFIPS140=v1.0.0, latest otherwise). docs/fips.md.",
+		}, []string{"mode", "module"}),
 	}
 	m.Registry.MustRegister(
 		m.rpc.started, m.rpc.handled, m.rpc.seconds, m.keystoreSeconds, m.cacheHits, m.cacheMisses, m.cacheSize,
 		m.kekGenerations, m.kekUses, m.kekAge, m.rootKeyInfo, m.rootKeySeen, m.lastCheck, m.healthy, m.keystoreUp,
-		m.circuitOpen, m.renewalFailures, m.keksRevoked, m.unwrapsByRoot, m.buildInfo,
+		m.circuitOpen, m.renewalFailures, m.keksRevoked, m.unwrapsByRoot, m.buildInfo, m.fips140,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -155,6 +160,20 @@ func (m *Metrics) SetVersion(v string) {
 		return
 	}
 	m.buildInfo.WithLabelValues(v).Set(1)
+}
+
+// SetFIPS140 records the process's FIPS 140-3 mode ("off", "on" or "only")
+// and the Go Cryptographic Module's version.
+func (m *Metrics) SetFIPS140(mode, module string) {
+	if m == nil {
+		return
+	}
+	v := 1.0
+	if mode == "off" {
+		v = 0
+	}
+	m.fips140.Reset()
+	m.fips140.WithLabelValues(mode, module).Set(v)
 }
 
 // ObserveKeystore records one keystore call. result is a fixed class name.

@@ -43,6 +43,8 @@ func TestHandler(t *testing.T) {
 func TestRecordedMetrics(t *testing.T) {
 	m := New()
 	m.SetVersion("v9")
+	m.SetFIPS140("on", "latest")
+	m.SetFIPS140("only", "v1.0.0") // replaces, never accumulates
 	m.ObserveKeystore("file", "unwrap", "ok", 3*time.Millisecond)
 	m.CacheHit()
 	m.CacheMiss()
@@ -57,6 +59,7 @@ func TestRecordedMetrics(t *testing.T) {
 	_, body := get(t, Handler(m, func() (bool, string) { return true, "ok" }), "/metrics")
 	for _, want := range []string{
 		`keywarden_build_info{version="v9"} 1`,
+		`keywarden_fips140_enabled{mode="only",module="v1.0.0"} 1`,
 		`keywarden_keystore_operation_duration_seconds_count{backend="file",op="unwrap",result="ok"} 1`,
 		`keywarden_kek_cache_hits_total 1`,
 		`keywarden_kek_cache_misses_total 1`,
@@ -83,6 +86,13 @@ func TestRecordedMetrics(t *testing.T) {
 	if strings.Contains(body, "tink:2:bb") {
 		t.Error("raw key_id in a label")
 	}
+	if strings.Contains(body, `mode="on"`) {
+		t.Error("earlier FIPS 140 mode still exported")
+	}
+	m.SetFIPS140("off", "latest")
+	if _, body := get(t, Handler(m, func() (bool, string) { return true, "ok" }), "/metrics"); !strings.Contains(body, `keywarden_fips140_enabled{mode="off",module="latest"} 0`) {
+		t.Error(`mode "off" is not exported as 0`)
+	}
 	if len(HashKeyID("x")) != 16 {
 		t.Error("hash label is not 16 hex digits")
 	}
@@ -91,6 +101,7 @@ func TestRecordedMetrics(t *testing.T) {
 func TestNilMetricsIsSafe(t *testing.T) {
 	var m *Metrics
 	m.SetVersion("v")
+	m.SetFIPS140("on", "v1.0.0")
 	m.ObserveKeystore("a", "b", "c", time.Second)
 	m.CacheHit()
 	m.CacheMiss()

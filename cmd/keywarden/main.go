@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/keywarden/keywarden/internal/buildinfo"
+	"github.com/keywarden/keywarden/internal/fipsmode"
 	"github.com/keywarden/keywarden/keystore"
 	"github.com/keywarden/keywarden/keystore/byuri"
 	"github.com/keywarden/keywarden/keystore/recovery"
@@ -178,10 +179,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if rec, err = recovery.OpenPublic(o.recoveryKey); err != nil {
 			return fmt.Errorf("--recovery-public-key: %w", err)
 		}
+		// Under fips140=only OpenPublic refused it; under on, it works
+		// outside the approved algorithms, which the operator should know.
+		if fipsmode.Mode() == fipsmode.On {
+			log.Warn("FIPS 140-3 mode: the recovery key's HPKE (X25519) is not an approved algorithm; every new local KEK is also sealed with it (docs/fips.md)")
+		}
 	}
 
 	m := metrics.New()
 	m.SetVersion(buildinfo.Version())
+	m.SetFIPS140(fipsmode.Mode(), fipsmode.Module())
 	cfg := kms.Config{
 		Metrics:            m,
 		Logger:             log,
@@ -252,7 +259,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	grpcErr := make(chan error, 1)
 	go func() { grpcErr <- srv.Serve(ln) }()
-	log.Info("keywarden serving KMS v2", "version", buildinfo.Version(), "commit", buildinfo.Commit(), "socket", sockPath, "keystore", strings.Join(names, ","), "recovery_key", recoveryKeyID(rec))
+	log.Info("keywarden serving KMS v2", "version", buildinfo.Version(), "commit", buildinfo.Commit(), "socket", sockPath, "keystore", strings.Join(names, ","), "recovery_key", recoveryKeyID(rec),
+		"fips140", fipsmode.Mode(), "fips140_module", fipsmode.Module())
 
 	var serveErr error
 	select {

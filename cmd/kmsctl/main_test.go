@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/fipsmode"
 	"github.com/keywarden/keywarden/keystore"
 )
 
@@ -383,6 +384,8 @@ func hashKeyID(id string) string {
 
 const sampleMetrics = `# TYPE keywarden_healthy gauge
 keywarden_healthy 1
+# TYPE keywarden_fips140_enabled gauge
+keywarden_fips140_enabled{mode="only",module="v1.0.0"} 1
 # TYPE keywarden_keystore_up gauge
 keywarden_keystore_up 1
 # TYPE keywarden_root_key_info gauge
@@ -427,10 +430,18 @@ func TestStatusAndMetrics(t *testing.T) {
 	if m.KEKGenerations["startup"] != 1 || len(m.KEKGenerations) != 1 {
 		t.Fatalf("generations %v", m.KEKGenerations)
 	}
-	if r := run(t, "", false, "status", "--socket", sock, "--metrics-url", srv.URL); r.code != 0 || !strings.Contains(r.stdout, "Decrypt") {
+	if f := m.FIPS140; f == nil || f.Mode != "only" || f.Module != "v1.0.0" {
+		t.Fatalf("plugin FIPS 140 %+v", f)
+	}
+	if own := (fips140State{Mode: fipsmode.Mode(), Module: fipsmode.Module()}); out.KmsctlFIPS140 != own {
+		t.Fatalf("kmsctl FIPS 140 %+v, want %+v", out.KmsctlFIPS140, own)
+	}
+	if r := run(t, "", false, "status", "--socket", sock, "--metrics-url", srv.URL); r.code != 0 || !strings.Contains(r.stdout, "Decrypt") ||
+		!strings.Contains(r.stdout, "plugin: only (Go module v1.0.0); kmsctl: "+fipsmode.Mode()) {
 		t.Fatalf("table: %+v", r)
 	}
-	if r := run(t, "", false, "status", "--socket", sock); r.code != 0 || strings.Contains(r.stdout, "METRICS") {
+	if r := run(t, "", false, "status", "--socket", sock); r.code != 0 || strings.Contains(r.stdout, "METRICS") ||
+		!strings.Contains(r.stdout, "plugin: ? (--metrics-url shows it); kmsctl: "+fipsmode.Mode()) {
 		t.Fatalf("without --metrics-url: %+v", r)
 	}
 	if r := run(t, "", false, "check", "--socket", sock); r.code != 0 {

@@ -40,6 +40,9 @@ type metricsSummary struct {
 	CacheMisses          float64            `json:"kekCacheMisses"`
 	CacheEntries         float64            `json:"kekCacheEntries"`
 	Version              string             `json:"version,omitempty"`
+	// FIPS140 is the plugin's FIPS 140-3 mode; nil from a keywarden
+	// that does not export it.
+	FIPS140 *fips140State `json:"fips140,omitempty"`
 }
 
 // rpcSummary is one KMS method: calls, failures by code, latency quantiles
@@ -155,6 +158,9 @@ func summarize(url string, mfs map[string]*dto.MetricFamily, statusKeyID string,
 	}
 	if m, ok := one("keywarden_build_info"); ok {
 		s.Version = label(m, "version")
+	}
+	if m, ok := one("keywarden_fips140_enabled"); ok {
+		s.FIPS140 = &fips140State{Mode: label(m, "mode"), Module: label(m, "module")}
 	}
 	rpcs := map[string]*rpcSummary{}
 	get := func(method string) *rpcSummary {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/fips140"
 	"encoding/json"
 	"io"
 	"os"
@@ -28,6 +29,17 @@ func TestRecoveryInit(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := run(t, "", false, "recovery", "init", "--public-out", pub, "--private-out", priv, "--passphrase-file", passFile, "-o", "json")
+	if fips140.Enforced() {
+		// No recovery key in FIPS 140-only mode (docs/fips.md): refused,
+		// saying why, and nothing written.
+		if r.code != exitFailed || !strings.Contains(r.stderr, "FIPS 140-only mode") {
+			t.Fatalf("recovery init under GODEBUG=fips140=only: %+v", r)
+		}
+		if _, err := os.Stat(priv); err == nil {
+			t.Fatal("a refused recovery init wrote the private keyset")
+		}
+		return
+	}
 	if r.code != 0 {
 		t.Fatalf("recovery init: %+v", r)
 	}
@@ -73,6 +85,9 @@ func TestRecoveryInit(t *testing.T) {
 // kmsctl recover reads, with the private keyset alone, what a keywarden
 // with the public one sealed through kube-apiserver's own transformer.
 func TestRecoverCommand(t *testing.T) {
+	if fips140.Enforced() {
+		t.Skip("no recovery key under GODEBUG=fips140=only (X25519 is not FIPS approved; TestRecoveryInit checks the refusal)")
+	}
 	url, c := etcdtest.Start(t)
 	ctx := context.Background()
 	dir := t.TempDir()

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/keywarden/keywarden/internal/fipsmode"
 )
 
 type socketFlags struct {
@@ -42,6 +44,26 @@ type statusOut struct {
 	Healthz string          `json:"healthz"`
 	KeyID   string          `json:"keyID"`
 	Metrics *metricsSummary `json:"metrics,omitempty"`
+	// KmsctlFIPS140 is this kmsctl's own FIPS 140-3 mode. The plugin's
+	// is not in KMS Status: Metrics has it (keywarden_fips140_enabled).
+	KmsctlFIPS140 fips140State `json:"kmsctlFIPS140"`
+}
+
+// fips140State is a process's FIPS 140-3 mode (off, on or only) and its Go
+// Cryptographic Module version (docs/fips.md).
+type fips140State struct {
+	Mode   string `json:"mode"`
+	Module string `json:"module"`
+}
+
+func (f *fips140State) String() string {
+	switch {
+	case f == nil:
+		return "? (--metrics-url shows it)"
+	case f.Mode == fipsmode.Off:
+		return f.Mode
+	}
+	return f.Mode + " (Go module " + f.Module + ")"
 }
 
 // status calls the plugin's Status once.
@@ -67,10 +89,11 @@ func newStatusCmd(g *globals) *cobra.Command {
 		Use:   "status",
 		Short: "Show a running plugin's KMS Status and, with --metrics-url, a metrics summary (exit 3 if not healthy)",
 		Long: `status calls the plugin's Status over its socket, as kube-apiserver does, and
-prints version, healthz and key_id. With --metrics-url it also reads
-keywarden's /metrics and summarizes them: health, keystore reachability, the
-root key (hashed) and whether it matches Status' key_id, RPC counts, errors
-by code and p50/p99 latency per method, local KEK generations and cache.
+prints version, healthz and key_id, and kmsctl's own FIPS 140-3 mode. With
+--metrics-url it also reads keywarden's /metrics and summarizes them: health,
+keystore reachability, the root key (hashed) and whether it matches Status'
+key_id, RPC counts, errors by code and p50/p99 latency per method, local KEK
+generations and cache, and the plugin's FIPS 140-3 mode (docs/fips.md).
 
 Exits 3 if healthz is not "ok", or the metrics say the plugin or its keystore
 is down or that the root key differs from Status' key_id.`,
@@ -82,7 +105,8 @@ is down or that the root key differs from Status' key_id.`,
 			if err != nil {
 				return err
 			}
-			out := statusOut{Version: r.Version, Healthz: r.Healthz, KeyID: r.KeyId}
+			out := statusOut{Version: r.Version, Healthz: r.Healthz, KeyID: r.KeyId,
+				KmsctlFIPS140: fips140State{Mode: fipsmode.Mode(), Module: fipsmode.Module()}}
 			if metricsURL != "" {
 				mfs, err := fetchMetrics(cmd.Context(), metricsURL, s.timeout)
 				if err != nil {
@@ -93,6 +117,11 @@ is down or that the root key differs from Status' key_id.`,
 			if err := g.print(out, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "VERSION\tHEALTHZ\tKEY ID")
 				fmt.Fprintf(w, "%s\t%s\t%s\n", out.Version, out.Healthz, out.KeyID)
+				var plugin *fips140State
+				if out.Metrics != nil {
+					plugin = out.Metrics.FIPS140
+				}
+				fmt.Fprintf(w, "\nFIPS 140-3\tplugin: %s; kmsctl: %s\n", plugin, &out.KmsctlFIPS140)
 				if m := out.Metrics; m != nil {
 					printMetrics(w, m)
 				}

@@ -1,7 +1,7 @@
 // Package buildinfo is what a binary knows about its own build: the release
 // version and commit stamped by the Makefile (and the Dockerfile, and
 // hack/release), the Go toolchain, the platform and whether Go's FIPS 140-3
-// module is enabled. keywarden and kmsctl print it for --version; the
+// module is enabled (internal/fipsmode). keywarden and kmsctl print it for --version; the
 // build_info metric carries it.
 //
 // Stamping, as `make build` does it:
@@ -11,10 +11,11 @@
 package buildinfo
 
 import (
-	"crypto/fips140"
 	"fmt"
 	"runtime"
 	"runtime/debug"
+
+	"github.com/keywarden/keywarden/internal/fipsmode"
 )
 
 // Set with -ldflags -X; see the package comment.
@@ -62,19 +63,6 @@ func GoVersion() string { return runtime.Version() }
 // Platform is GOOS/GOARCH.
 func Platform() string { return runtime.GOOS + "/" + runtime.GOARCH }
 
-// FIPS140 says whether Go's FIPS 140-3 module is enabled in this process:
-// "only" (GODEBUG=fips140=only: non-approved algorithms are refused), "on",
-// or "off". A binary built with GOFIPS140 defaults to "on".
-func FIPS140() string {
-	switch {
-	case fips140.Enforced():
-		return "only"
-	case fips140.Enabled():
-		return "on"
-	}
-	return "off"
-}
-
 // String is keywarden's --version text: the first line is "<name> <version>",
 // as before there was more to say, so scripts that read one line keep
 // working; Details follow.
@@ -85,9 +73,9 @@ func String(name string) string {
 // Details are the lines after the first of --version: commit, Go, platform
 // and FIPS 140-3 mode.
 func Details() string {
-	fips := FIPS140()
-	if fips != "off" {
-		fips += " (module " + fips140.Version() + ")"
+	fips := fipsmode.Mode()
+	if fips != fipsmode.Off {
+		fips += " (Go module " + fipsmode.Module() + ")"
 	}
 	return fmt.Sprintf("commit:   %s\ngo:       %s\nplatform: %s\nfips140:  %s\n",
 		Commit(), GoVersion(), Platform(), fips)

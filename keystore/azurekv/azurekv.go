@@ -240,12 +240,8 @@ func (b *Backend) wrap(ctx context.Context, c current, pt, aad []byte) (keystore
 	if err != nil {
 		return keystore.Wrapped{}, err
 	}
-	nonce := make([]byte, nonceSize)
-	if _, err := rand.Read(nonce); err != nil {
-		return keystore.Wrapped{}, fmt.Errorf("nonce: %w", err)
-	}
-	out := appendEnvelopeHead(make([]byte, 0, 4+len(wdk)+nonceSize+len(pt)+tagSize), c.alg, wdk, nonce)
-	out = gcm.Seal(out, nonce, pt, remote.BoundAAD(aadDomain, c.kid, aad))
+	out := appendEnvelopeHead(make([]byte, 0, 4+len(wdk)+nonceSize+len(pt)+tagSize), c.alg, wdk)
+	out = gcm.Seal(out, nil, pt, remote.BoundAAD(aadDomain, c.kid, aad))
 	return keystore.Wrapped{KeyID: c.kid, Ciphertext: out}, nil
 }
 
@@ -260,7 +256,7 @@ func (b *Backend) Unwrap(ctx context.Context, w keystore.Wrapped, aad []byte) ([
 	if err != nil {
 		return nil, err
 	}
-	alg, wdk, nonce, sealed, err := parseEnvelope(w.Ciphertext)
+	alg, wdk, sealed, err := parseEnvelope(w.Ciphertext)
 	if err != nil {
 		return nil, err
 	}
@@ -281,7 +277,7 @@ func (b *Backend) Unwrap(ctx context.Context, w keystore.Wrapped, aad []byte) ([
 	if err != nil {
 		return nil, err
 	}
-	pt, err := gcm.Open(nil, nonce, sealed, remote.BoundAAD(aadDomain, w.KeyID, aad))
+	pt, err := gcm.Open(nil, nil, sealed, remote.BoundAAD(aadDomain, w.KeyID, aad))
 	if err != nil {
 		return nil, fmt.Errorf("%w: envelope authentication failed", keystore.ErrInvalid)
 	}
@@ -289,17 +285,18 @@ func (b *Backend) Unwrap(ctx context.Context, w keystore.Wrapped, aad []byte) ([
 }
 
 // appendEnvelopeHead appends everything of the envelope that precedes the
-// AES-GCM output; parseEnvelope is its inverse.
-func appendEnvelopeHead(out []byte, alg byte, wdk, nonce []byte) []byte {
+// AES-GCM output (nonce, ciphertext, tag); parseEnvelope is its inverse.
+func appendEnvelopeHead(out []byte, alg byte, wdk []byte) []byte {
 	out = append(out, envelopeV1, alg)
 	out = binary.BigEndian.AppendUint16(out, uint16(len(wdk)))
-	out = append(out, wdk...)
-	return append(out, nonce...)
+	return append(out, wdk...)
 }
 
-func parseEnvelope(ct []byte) (alg byte, wdk, nonce, sealed []byte, err error) {
-	invalid := func(why string) (byte, []byte, []byte, []byte, error) {
-		return 0, nil, nil, nil, fmt.Errorf("%w: key vault envelope: %s", keystore.ErrInvalid, why)
+// parseEnvelope splits ct into its head and the AES-GCM output, sealed:
+// nonce | ciphertext | tag.
+func parseEnvelope(ct []byte) (alg byte, wdk, sealed []byte, err error) {
+	invalid := func(why string) (byte, []byte, []byte, error) {
+		return 0, nil, nil, fmt.Errorf("%w: key vault envelope: %s", keystore.ErrInvalid, why)
 	}
 	if len(ct) < 4 {
 		return invalid("too short")
@@ -315,18 +312,18 @@ func parseEnvelope(ct []byte) (alg byte, wdk, nonce, sealed []byte, err error) {
 	if n == 0 || n > maxWrapped || len(ct) < 4+n+nonceSize+tagSize {
 		return invalid("bad length")
 	}
-	wdk = ct[4 : 4+n]
-	nonce = ct[4+n : 4+n+nonceSize]
-	sealed = ct[4+n+nonceSize:]
-	return alg, wdk, nonce, sealed, nil
+	return alg, ct[4 : 4+n], ct[4+n:], nil
 }
 
+// newGCM is AES-GCM that makes its own random nonce and writes it first
+// (the envelope's layout): the AES-GCM encryption Go's FIPS 140-3 module
+// approves, and the only one GODEBUG=fips140=only allows.
 func newGCM(key []byte) (cipher.AEAD, error) {
 	block, err := aes.NewCipher(key)
 	if err != nil {
 		return nil, fmt.Errorf("aes: %w", err)
 	}
-	return cipher.NewGCM(block)
+	return cipher.NewGCMWithRandomNonce(block)
 }
 
 func algorithm(alg byte) *azkeys.EncryptionAlgorithm {

@@ -3,6 +3,9 @@ package azurekv
 import (
 	"bytes"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/fips140"
 	"errors"
 	"fmt"
 	"net/http"
@@ -16,6 +19,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys/fake"
 
 	"github.com/keywarden/keywarden/keystore"
+	"github.com/keywarden/keywarden/keystore/internal/remote"
 	"github.com/keywarden/keywarden/keystore/keystoretest"
 )
 
@@ -130,7 +134,7 @@ func TestParseURI(t *testing.T) {
 
 func TestEnvelopeMalformed(t *testing.T) {
 	for _, ct := range [][]byte{nil, {1}, {2, 1, 0, 1, 0}, {1, 9, 0, 1}, {1, 1, 0, 0}, {1, 1, 0xff, 0xff}} {
-		if _, _, _, _, err := parseEnvelope(ct); !errors.Is(err, keystore.ErrInvalid) {
+		if _, _, _, err := parseEnvelope(ct); !errors.Is(err, keystore.ErrInvalid) {
 			t.Errorf("parseEnvelope(%x) = %v, want ErrInvalid", ct, err)
 		}
 	}
@@ -326,5 +330,45 @@ func BenchmarkUnwrap(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// An envelope sealed as releases before FIPS 140-only support sealed it
+// (AES-GCM with the nonce passed in, cipher.NewGCM) still opens: only who
+// draws the nonce changed, not a byte of the layout. cipher.NewGCM is
+// refused under GODEBUG=fips140=only, so the old sealing runs with
+// enforcement lifted; Unwrap does not.
+func TestEnvelopeOfEarlierReleases(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv()
+	name := fmt.Sprintf("kw-%d", keyN.Add(1))
+	v := e.vault.addVersion(name, azkeys.KeyTypeOctHSM, 0)
+	b := e.mustOpen(t, name)
+	kid, err := b.KeyID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk := bytes.Repeat([]byte{7}, dkSize)
+	wdk, err := aesKeyWrap(v.aes, dk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := bytes.Repeat([]byte{9}, nonceSize)
+	pt, aad := bytes.Repeat([]byte{0x42}, 32), []byte("keywarden.io/local-kek/v1")
+	var sealed []byte
+	fips140.WithoutEnforcement(func() {
+		block, _ := aes.NewCipher(dk)
+		var g cipher.AEAD
+		if g, err = cipher.NewGCM(block); err == nil {
+			sealed = g.Seal(nil, nonce, pt, remote.BoundAAD(aadDomain, kid, aad))
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct := append(append(appendEnvelopeHead(nil, algA256KW, wdk), nonce...), sealed...)
+	got, err := b.Unwrap(ctx, keystore.Wrapped{KeyID: kid, Ciphertext: ct}, aad)
+	if err != nil || !bytes.Equal(got, pt) {
+		t.Fatalf("Unwrap of an earlier release's envelope: %v", err)
 	}
 }

@@ -15,17 +15,16 @@ import (
 // is exactly what appendEnvelopeHead and the GCM output would have made.
 func FuzzParseEnvelope(f *testing.F) {
 	wdk := bytes.Repeat([]byte{0xa5}, 256)
-	nonce := bytes.Repeat([]byte{0x5a}, nonceSize)
-	sealed := bytes.Repeat([]byte{0x33}, 32+tagSize)
-	f.Add(append(appendEnvelopeHead(nil, algRSAOAEP, wdk, nonce), sealed...))
-	f.Add(append(appendEnvelopeHead(nil, algA256KW, wdk[:40], nonce), sealed[:tagSize]...))
-	f.Add(append(appendEnvelopeHead(nil, algA256KW, wdk[:40], nonce), sealed[:tagSize-1]...))
-	f.Add(append(appendEnvelopeHead(nil, algRSAOAEP, bytes.Repeat([]byte{1}, maxWrapped+1), nonce), sealed...))
+	sealed := append(bytes.Repeat([]byte{0x5a}, nonceSize), bytes.Repeat([]byte{0x33}, 32+tagSize)...)
+	f.Add(append(appendEnvelopeHead(nil, algRSAOAEP, wdk), sealed...))
+	f.Add(append(appendEnvelopeHead(nil, algA256KW, wdk[:40]), sealed[:nonceSize+tagSize]...))
+	f.Add(append(appendEnvelopeHead(nil, algA256KW, wdk[:40]), sealed[:nonceSize+tagSize-1]...))
+	f.Add(append(appendEnvelopeHead(nil, algRSAOAEP, bytes.Repeat([]byte{1}, maxWrapped+1)), sealed...))
 	for _, ct := range [][]byte{nil, {1}, {2, 1, 0, 1, 0}, {1, 9, 0, 1}, {1, 1, 0, 0}, {1, 1, 0xff, 0xff}} {
 		f.Add(ct)
 	}
 	f.Fuzz(func(t *testing.T, ct []byte) {
-		alg, wdk, nonce, sealed, err := parseEnvelope(ct)
+		alg, wdk, sealed, err := parseEnvelope(ct)
 		if err != nil {
 			if !errors.Is(err, keystore.ErrInvalid) {
 				t.Fatalf("refusal %v is not ErrInvalid", err)
@@ -35,10 +34,10 @@ func FuzzParseEnvelope(f *testing.F) {
 		if alg != algRSAOAEP && alg != algA256KW {
 			t.Fatalf("accepted algorithm %d", alg)
 		}
-		if len(wdk) == 0 || len(wdk) > maxWrapped || len(nonce) != nonceSize || len(sealed) < tagSize {
-			t.Fatalf("accepted field lengths %d/%d/%d", len(wdk), len(nonce), len(sealed))
+		if len(wdk) == 0 || len(wdk) > maxWrapped || len(sealed) < nonceSize+tagSize {
+			t.Fatalf("accepted field lengths %d/%d", len(wdk), len(sealed))
 		}
-		if again := append(appendEnvelopeHead(nil, alg, wdk, nonce), sealed...); !bytes.Equal(again, ct) {
+		if again := append(appendEnvelopeHead(nil, alg, wdk), sealed...); !bytes.Equal(again, ct) {
 			t.Fatalf("envelope %x re-encodes as %x", ct, again)
 		}
 	})

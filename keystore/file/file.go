@@ -6,14 +6,23 @@
 // refused (keystore/internal/secretfile's rule). The backend re-reads the file when
 // it changes (size, mtime or inode), so a promotion by kmsctl reaches a running
 // plugin at its next health check without a restart.
+//
+// Tink reads, writes and manages the keyset; the AES-GCM itself is the
+// standard library's cipher.NewGCMWithRandomNonce over each version's key
+// bytes, writing and reading exactly Tink's ciphertext (5-byte output prefix
+// | 12-byte IV | ciphertext | 16-byte tag). Tink's own AES-GCM primitive
+// chooses the IV itself and passes it to cipher.NewGCM, which Go's FIPS
+// 140-3 module does not approve for encryption and which GODEBUG=fips140=only
+// refuses outright; this one works in every mode (docs/fips.md).
 package file
 
 import (
 	"bytes"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -31,7 +40,6 @@ import (
 	"github.com/tink-crypto/tink-go/v2/insecurecleartextkeyset"
 	"github.com/tink-crypto/tink-go/v2/insecuresecretdataaccess"
 	"github.com/tink-crypto/tink-go/v2/keyset"
-	"github.com/tink-crypto/tink-go/v2/tink"
 
 	"github.com/keywarden/keywarden/internal/atomicfile"
 	"github.com/keywarden/keywarden/keystore"
@@ -45,8 +53,13 @@ const Name = "file"
 // still far below it.
 const maxKeysetSize = 1 << 20
 
-// tinkPrefixLen is Tink's output prefix: one version byte, four bytes key ID.
-const tinkPrefixLen = 5
+// Tink's AES-GCM ciphertext: output prefix (one version byte, four bytes
+// key ID), IV, ciphertext, tag.
+const (
+	tinkPrefixLen = 5
+	tinkIVSize    = 12
+	tinkTagSize   = 16
+)
 
 // Backend is a keystore.Backend over a Tink keyset file.
 type Backend struct {
@@ -67,10 +80,11 @@ type version struct {
 	tinkID uint32
 	keyID  string
 	status keyset.KeyStatus
+	prefix []byte      // Tink's output prefix of this key
+	aead   cipher.AEAD // nil unless enabled
 }
 
 type loaded struct {
-	aead     tink.AEAD
 	primary  string
 	versions []version // keyset order
 	byKeyID  map[string]version
@@ -150,11 +164,10 @@ func (b *Backend) Wrap(ctx context.Context, pt, aad []byte) (keystore.Wrapped, e
 		return keystore.Wrapped{}, err
 	}
 	ks := b.current()
-	ct, err := ks.aead.Encrypt(pt, aad)
-	if err != nil {
-		return keystore.Wrapped{}, fmt.Errorf("%w: tink encrypt failed", keystore.ErrUnavailable)
-	}
-	return keystore.Wrapped{KeyID: ks.primary, Ciphertext: ct}, nil
+	v := ks.byKeyID[ks.primary]
+	out := make([]byte, 0, len(v.prefix)+tinkIVSize+len(pt)+tinkTagSize)
+	out = append(out, v.prefix...)
+	return keystore.Wrapped{KeyID: ks.primary, Ciphertext: v.aead.Seal(out, nil, pt, aad)}, nil
 }
 
 // Unwrap implements keystore.Backend.
@@ -177,13 +190,10 @@ func (b *Backend) Unwrap(ctx context.Context, w keystore.Wrapped, aad []byte) ([
 	if v.status != keyset.Enabled {
 		return nil, fmt.Errorf("%w: version %q is %s", keystore.ErrKeyDisabled, v.keyID, strings.ToLower(v.status.String()))
 	}
-	var prefix [tinkPrefixLen]byte
-	prefix[0] = 1 // Tink's TINK output prefix type
-	binary.BigEndian.PutUint32(prefix[1:], v.tinkID)
-	if !bytes.HasPrefix(w.Ciphertext, prefix[:]) {
+	if !bytes.HasPrefix(w.Ciphertext, v.prefix) {
 		return nil, fmt.Errorf("%w: ciphertext was not made by version %q", keystore.ErrInvalid, v.keyID)
 	}
-	pt, err := ks.aead.Decrypt(w.Ciphertext, aad)
+	pt, err := v.aead.Open(nil, nil, w.Ciphertext[len(v.prefix):], aad)
 	if err != nil {
 		return nil, fmt.Errorf("%w: authentication failed", keystore.ErrInvalid)
 	}
@@ -281,11 +291,7 @@ func readHandle(path string) (*keyset.Handle, stamp, error) {
 }
 
 func parse(h *keyset.Handle) (*loaded, error) {
-	prim, err := aead.New(h)
-	if err != nil {
-		return nil, fmt.Errorf("%w: keyset has no usable primary AEAD key", keystore.ErrConfig)
-	}
-	ks := &loaded{aead: prim, byKeyID: make(map[string]version, h.Len())}
+	ks := &loaded{byKeyID: make(map[string]version, h.Len())}
 	for i := range h.Len() {
 		e, err := h.Entry(i)
 		if err != nil {
@@ -302,6 +308,20 @@ func parse(h *keyset.Handle) (*loaded, error) {
 		if _, prefixed := k.IDRequirement(); !prefixed {
 			return nil, fmt.Errorf("%w: keyset entry %d has no Tink output prefix (use the AES256_GCM template)", keystore.ErrConfig, i)
 		}
+		if p, ok := k.Parameters().(*aesgcm.Parameters); !ok || p.IVSizeInBytes() != tinkIVSize || p.TagSizeInBytes() != tinkTagSize {
+			return nil, fmt.Errorf("%w: keyset entry %d is not AES-GCM with a %d-byte IV and a %d-byte tag", keystore.ErrConfig, i, tinkIVSize, tinkTagSize)
+		}
+		v.prefix = k.OutputPrefix()
+		if len(v.prefix) != tinkPrefixLen {
+			return nil, fmt.Errorf("%w: keyset entry %d has a %d-byte output prefix, want %d", keystore.ErrConfig, i, len(v.prefix), tinkPrefixLen)
+		}
+		if v.status == keyset.Enabled {
+			a, err := newAEAD(k)
+			if err != nil {
+				return nil, fmt.Errorf("%w: keyset entry %d: %v", keystore.ErrConfig, i, err)
+			}
+			v.aead = a
+		}
 		v.keyID = keyIDFor(e.KeyID(), k)
 		ks.versions = append(ks.versions, v)
 		ks.byKeyID[v.keyID] = v
@@ -312,7 +332,21 @@ func parse(h *keyset.Handle) (*loaded, error) {
 	if ks.primary == "" {
 		return nil, fmt.Errorf("%w: keyset has no primary version", keystore.ErrConfig)
 	}
+	if ks.byKeyID[ks.primary].aead == nil {
+		return nil, fmt.Errorf("%w: keyset's primary version is not enabled", keystore.ErrConfig)
+	}
 	return ks, nil
+}
+
+// newAEAD is AES-GCM over k's key bytes, whose Seal makes the IV and
+// prepends it and whose Open reads it from there: after the output prefix,
+// byte for byte Tink's AES-GCM ciphertext.
+func newAEAD(k *aesgcm.Key) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(k.KeyBytes().Data(insecuresecretdataaccess.Token{}))
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCMWithRandomNonce(block)
 }
 
 // keyIDFor names a version by its Tink ID and a fingerprint of its key: an

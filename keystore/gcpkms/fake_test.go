@@ -57,7 +57,7 @@ type fakeKey struct {
 }
 
 type fakeVersion struct {
-	aead    cipher.AEAD // nil once destroyed
+	aead    cipher.AEAD // random-nonce AES-GCM (as FIPS 140-only allows); nil once destroyed
 	state   kmspb.CryptoKeyVersion_CryptoKeyVersionState
 	created time.Time
 }
@@ -97,7 +97,7 @@ func (k *fakeKey) addVersion() *fakeVersion {
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	block, _ := aes.NewCipher(key)
-	a, _ := cipher.NewGCM(block)
+	a, _ := cipher.NewGCMWithRandomNonce(block)
 	v := &fakeVersion{aead: a, state: kmspb.CryptoKeyVersion_ENABLED, created: time.Now()}
 	k.versions = append(k.versions, v)
 	return v
@@ -203,11 +203,10 @@ func (f *fakeKMS) Encrypt(ctx context.Context, req *kmspb.EncryptRequest) (*kmsp
 	if v.state != kmspb.CryptoKeyVersion_ENABLED {
 		return nil, status.Errorf(codes.FailedPrecondition, "%s is not enabled, current state is: %s.", k.versionName(n), v.state)
 	}
-	hdr := make([]byte, fakeHeader)
+	hdr := make([]byte, 12, fakeHeader+len(req.GetPlaintext())+16)
 	copy(hdr, k.tag[:])
 	binary.BigEndian.PutUint32(hdr[8:], uint32(n))
-	_, _ = rand.Read(hdr[12:])
-	ct := v.aead.Seal(hdr, hdr[12:], req.GetPlaintext(), append(hdr[:12:12], req.GetAdditionalAuthenticatedData()...))
+	ct := v.aead.Seal(hdr, nil, req.GetPlaintext(), append(hdr[:12:12], req.GetAdditionalAuthenticatedData()...))
 	return &kmspb.EncryptResponse{
 		Name:                    k.versionName(n),
 		Ciphertext:              ct,
@@ -243,7 +242,7 @@ func (f *fakeKMS) Decrypt(ctx context.Context, req *kmspb.DecryptRequest) (*kmsp
 	if v.state != kmspb.CryptoKeyVersion_ENABLED {
 		return nil, status.Errorf(codes.FailedPrecondition, "%s is not enabled, current state is: %s.", k.versionName(n), v.state)
 	}
-	pt, err := v.aead.Open(nil, ct[12:fakeHeader], ct[fakeHeader:], append(ct[:12:12], req.GetAdditionalAuthenticatedData()...))
+	pt, err := v.aead.Open(nil, nil, ct[12:], append(ct[:12:12], req.GetAdditionalAuthenticatedData()...))
 	if err != nil {
 		return nil, invalid
 	}

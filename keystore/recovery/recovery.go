@@ -18,11 +18,16 @@
 //     passphrase (argon2id, then AES-256-GCM; parameters in the file).
 //     ParsePrivate refuses a bare keyset, public or private, and the file
 //     keystore and ParsePublic refuse it.
+//
+// None of it is FIPS 140-3 approved (X25519, argon2id, and Tink's AES-GCM
+// with nonces it passes in), so under GODEBUG=fips140=only every way to
+// make or read a recovery key fails with ErrFIPSOnly (docs/fips.md).
 package recovery
 
 import (
 	"bytes"
 	"context"
+	"crypto/fips140"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -58,6 +63,19 @@ const (
 	// maxFile bounds the key files read: a keyset of one key is < 1 KiB.
 	maxFile = 64 << 10
 )
+
+// ErrFIPSOnly is what New, ParsePublic and ParsePrivate (and so OpenPublic
+// and OpenPrivate) return under GODEBUG=fips140=only: the recovery key is
+// HPKE over X25519, which Go's FIPS 140-3 module does not approve and that
+// mode refuses. It is a keystore.ErrConfig.
+var ErrFIPSOnly = fmt.Errorf("%w: a recovery key cannot be used in FIPS 140-only mode (GODEBUG=fips140=only): it is HPKE over X25519, which the FIPS 140-3 module does not approve; see docs/fips.md", keystore.ErrConfig)
+
+func checkFIPS() error {
+	if fips140.Enforced() {
+		return ErrFIPSOnly
+	}
+	return nil
+}
 
 // KDF is the passphrase key derivation of a sealed private keyset:
 // argon2id (RFC 9106) to a 32-byte AES-256-GCM key.
@@ -126,6 +144,9 @@ var _ keystore.Sealer = (*PublicKey)(nil)
 
 // New makes a new recovery keyset.
 func New() (*PrivateKey, error) {
+	if err := checkFIPS(); err != nil {
+		return nil, err
+	}
 	h, err := keyset.NewHandle(Template())
 	if err != nil {
 		return nil, fmt.Errorf("recovery: new keyset: %w", err)
@@ -234,6 +255,9 @@ var errNotPrivate = fmt.Errorf("%w: not a private recovery keyset (a file made b
 // ParsePrivate reads a private keyset file. passphrase is needed when the
 // file is sealed. It refuses a bare Tink keyset, public or private.
 func ParsePrivate(b, passphrase []byte) (*PrivateKey, error) {
+	if err := checkFIPS(); err != nil {
+		return nil, err
+	}
 	var f privateFile
 	if err := json.Unmarshal(b, &f); err != nil || f.Type != PrivateType || len(f.Keyset) == 0 {
 		return nil, errNotPrivate
@@ -299,6 +323,9 @@ func publicFrom(h *keyset.Handle) (*PublicKey, error) {
 // ParsePublic reads a public keyset. It refuses a private keyset, bare or
 // in its file: a node must never hold the recovery private key.
 func ParsePublic(b []byte) (*PublicKey, error) {
+	if err := checkFIPS(); err != nil {
+		return nil, err
+	}
 	var f privateFile
 	if json.Unmarshal(b, &f) == nil && f.Type == PrivateType {
 		return nil, fmt.Errorf("%w: this is the PRIVATE recovery keyset; a node takes only the public one (`kmsctl recovery init --public-out`)", keystore.ErrConfig)

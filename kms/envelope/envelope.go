@@ -31,7 +31,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 )
 
 // Version1 is the ciphertext's only version and the annotation's version
@@ -72,7 +71,12 @@ var (
 // of the same root key.
 func RootAAD() []byte { return []byte(rootAADLabel) }
 
-// NewAEAD makes the AES-256-GCM AEAD for a local KEK.
+// NewAEAD makes the AES-256-GCM AEAD for a local KEK. It makes its own
+// random nonce on every Seal and reads it from the front of what it opens
+// (crypto/cipher.NewGCMWithRandomNonce: nonce | ciphertext | tag, exactly
+// the bytes after the version byte), which is the only AES-GCM that Go's
+// FIPS 140-3 module approves for encryption and the only one it allows at
+// all under GODEBUG=fips140=only. Seal and Open take only AEADs made here.
 func NewAEAD(kek []byte) (cipher.AEAD, error) {
 	if len(kek) != KEKSize {
 		return nil, ErrBadKEKBytes
@@ -81,7 +85,7 @@ func NewAEAD(kek []byte) (cipher.AEAD, error) {
 	if err != nil {
 		return nil, ErrBadKEKBytes
 	}
-	return cipher.NewGCM(block)
+	return cipher.NewGCMWithRandomNonce(block)
 }
 
 // AAD is the associated data for a ciphertext made under the key_id and
@@ -114,17 +118,15 @@ func AAD(keyID string, annotation []byte) []byte {
 	return append(b, annotation...)
 }
 
-// Seal encrypts pt under aead with a fresh random nonce from rand.
-func Seal(aead cipher.AEAD, rand io.Reader, pt, aad []byte) ([]byte, error) {
+// Seal encrypts pt under aead, an AEAD from NewAEAD, which draws the
+// nonce itself (from crypto/rand's generator, inside the FIPS module).
+func Seal(aead cipher.AEAD, pt, aad []byte) ([]byte, error) {
 	if len(pt) == 0 || len(pt) > MaxPlaintext {
 		return nil, fmt.Errorf("%w: plaintext is %d bytes, want 1..%d", ErrTooLarge, len(pt), MaxPlaintext)
 	}
-	out := make([]byte, 1+NonceSize, 1+NonceSize+len(pt)+TagSize)
+	out := make([]byte, 1, 1+NonceSize+len(pt)+TagSize)
 	out[0] = Version1
-	if _, err := io.ReadFull(rand, out[1:]); err != nil {
-		return nil, fmt.Errorf("read nonce: %w", err)
-	}
-	return aead.Seal(out, out[1:1+NonceSize], pt, aad), nil
+	return aead.Seal(out, nil, pt, aad), nil
 }
 
 // Check validates a ciphertext's version and length without any key.
@@ -147,7 +149,7 @@ func Check(ct []byte) error {
 // Ciphertext is a ciphertext whose version and length Parse checked; nothing
 // in it is authenticated until Open.
 type Ciphertext struct {
-	nonce, sealed []byte
+	sealed []byte // nonce | ciphertext | tag
 }
 
 // Parse checks ct as Check does and keeps it for Open, so that a caller who
@@ -156,15 +158,16 @@ func Parse(ct []byte) (Ciphertext, error) {
 	if err := Check(ct); err != nil {
 		return Ciphertext{}, err
 	}
-	return Ciphertext{nonce: ct[1 : 1+NonceSize], sealed: ct[1+NonceSize:]}, nil
+	return Ciphertext{sealed: ct[1:]}, nil
 }
 
-// Open decrypts c. The zero Ciphertext (not from Parse) never opens.
+// Open decrypts c with aead, an AEAD from NewAEAD. The zero Ciphertext
+// (not from Parse) never opens.
 func (c Ciphertext) Open(aead cipher.AEAD, aad []byte) ([]byte, error) {
-	if len(c.nonce) != NonceSize {
+	if len(c.sealed) < MinCiphertext-1 {
 		return nil, fmt.Errorf("%w: ciphertext was not parsed", ErrMalformed)
 	}
-	pt, err := aead.Open(nil, c.nonce, c.sealed, aad)
+	pt, err := aead.Open(nil, nil, c.sealed, aad)
 	if err != nil {
 		return nil, ErrAuthFailed
 	}

@@ -2,6 +2,9 @@ package envelope
 
 import (
 	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/fips140"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -37,7 +40,7 @@ func sealed(t testing.TB) (kek, ct, aad, pt []byte) {
 	}
 	aad = AAD("tink:1:00aa", ann)
 	pt = bytes.Repeat([]byte{0x42}, 32)
-	ct, err = Seal(a, rand.Reader, pt, aad)
+	ct, err = Seal(a, pt, aad)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,6 +62,31 @@ func TestSealOpen(t *testing.T) {
 	}
 	if !bytes.Equal(got, pt) {
 		t.Fatal("round trip changed the plaintext")
+	}
+}
+
+// Seal writes what earlier releases wrote with cipher.NewGCM and a nonce
+// they drew themselves: the version byte, the nonce, the AES-GCM output.
+// Sealing again through that GCM with the nonce Seal drew gives the same
+// bytes. (cipher.NewGCM is refused under GODEBUG=fips140=only, so the
+// comparison runs with enforcement lifted; Seal did not.)
+func TestSealLayoutUnchanged(t *testing.T) {
+	kek, ct, aad, pt := sealed(t)
+	var want []byte
+	var err error
+	fips140.WithoutEnforcement(func() {
+		block, _ := aes.NewCipher(kek)
+		var g cipher.AEAD
+		if g, err = cipher.NewGCM(block); err == nil {
+			nonce := ct[1 : 1+NonceSize]
+			want = g.Seal(append([]byte{Version1}, nonce...), nonce, pt, aad)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(ct, want) {
+		t.Fatalf("Seal wrote\n%x\nwhere the earlier layout is\n%x", ct, want)
 	}
 }
 
@@ -84,11 +112,11 @@ func TestParseOpen(t *testing.T) {
 func TestSealBounds(t *testing.T) {
 	a, _ := NewAEAD(newKEK(t))
 	for _, n := range []int{0, MaxPlaintext + 1, 4 << 20} {
-		if _, err := Seal(a, rand.Reader, make([]byte, n), nil); !errors.Is(err, ErrTooLarge) {
+		if _, err := Seal(a, make([]byte, n), nil); !errors.Is(err, ErrTooLarge) {
 			t.Fatalf("Seal(%d bytes): got %v, want ErrTooLarge", n, err)
 		}
 	}
-	if _, err := Seal(a, rand.Reader, make([]byte, MaxPlaintext), nil); err != nil {
+	if _, err := Seal(a, make([]byte, MaxPlaintext), nil); err != nil {
 		t.Fatalf("Seal(max): %v", err)
 	}
 	if _, err := NewAEAD(make([]byte, 16)); !errors.Is(err, ErrBadKEKBytes) {
@@ -271,7 +299,7 @@ func writeGolden(t *testing.T) {
 		}
 		pt := make([]byte, c.n)
 		_, _ = rand.Read(pt)
-		ct, err := Seal(a, rand.Reader, pt, AAD(c.keyID, ann))
+		ct, err := Seal(a, pt, AAD(c.keyID, ann))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -324,7 +352,7 @@ func BenchmarkSeal(b *testing.B) {
 	aad := AAD("tink:1:00", make([]byte, 80))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := Seal(a, rand.Reader, pt, aad); err != nil {
+		if _, err := Seal(a, pt, aad); err != nil {
 			b.Fatal(err)
 		}
 	}
