@@ -29,6 +29,11 @@
 
 ARG GO_IMAGE=golang:1.27.3-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/base-debian12:nonroot
+# BuildKit sets BUILDPLATFORM, TARGETPLATFORM and TARGETARCH itself; declared
+# here so that a builder that does not (buildah 1.28) takes them as
+# --build-arg (test/node/image.sh passes them).
+ARG BUILDPLATFORM
+ARG TARGETPLATFORM
 
 # The build stage runs on the builder's own platform and cross-compiles for
 # TARGETARCH (docker buildx build --platform linux/amd64,linux/arm64 .): cgo
@@ -72,7 +77,9 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
       test "$(/out/kmsctl --version | head -n1)" = "kmsctl version ${VERSION}"; \
     fi
 
-FROM ${RUNTIME_IMAGE}
+# --platform spelled out: BuildKit's default, but buildah 1.28 otherwise looks
+# the runtime image up for the build stage's platform.
+FROM --platform=${TARGETPLATFORM} ${RUNTIME_IMAGE}
 ARG VERSION=dev
 ARG COMMIT=
 # OCI annotations as labels (make image and hack/release pass VERSION and

@@ -131,6 +131,7 @@ build() { # runtime-ref archive tag
 	# --network host: the RUN steps reach the module proxy as this machine does.
 	buildah bud --quiet --network host --pull=never --layers=false \
 		--build-arg GO_IMAGE="$GO_REF" --build-arg RUNTIME_IMAGE="$1" --build-arg VERSION="$version" --build-arg COMMIT="$commit" \
+		--build-arg BUILDPLATFORM=linux/amd64 --build-arg TARGETPLATFORM=linux/amd64 --build-arg TARGETARCH=amd64 \
 		-t localhost/keywarden:node-e2e -f "$repo/Dockerfile" "$repo" >/dev/null
 	log "built in $((SECONDS - start))s"
 	rm -f "$2"
@@ -145,7 +146,9 @@ if [[ -n "$out_pkcs11" ]]; then
 fi
 
 # The linux/arm64 image: the same Dockerfile, cross-built (its build stage
-# runs here, --platform=$BUILDPLATFORM), on the arm64 runtime base. It cannot
+# runs here, --platform=$BUILDPLATFORM), on the arm64 runtime base. Debian's
+# buildah 1.28 sets none of BUILDPLATFORM, TARGETPLATFORM and TARGETARCH, so
+# they are passed, as BuildKit would set them. It cannot
 # run on this amd64 node, so it is checked as files: the image's platform,
 # the binaries' ELF machine, and --version of both under
 # qemu-aarch64-static, loading the image's own arm64 libc.
@@ -156,6 +159,7 @@ if [[ -n "${KEYWARDEN_IMAGE_ARM64:-}" ]]; then
 	buildah bud --quiet --network host --pull=never --layers=false --platform linux/arm64 \
 		--build-arg GO_IMAGE="$GO_REF" --build-arg RUNTIME_IMAGE="$RT_ARM64_REF" \
 		--build-arg VERSION="$version" --build-arg COMMIT="$commit" \
+		--build-arg BUILDPLATFORM=linux/amd64 --build-arg TARGETPLATFORM=linux/arm64 --build-arg TARGETARCH=arm64 \
 		-t "$ref" -f "$repo/Dockerfile" "$repo" >/dev/null
 	log "built in $((SECONDS - start))s"
 	arch="$(buildah inspect --type image --format '{{.OCIv1.OS}}/{{.OCIv1.Architecture}}' "$ref")"
