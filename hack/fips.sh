@@ -48,7 +48,7 @@ module=$(sed -n 's/.*build[[:space:]]*GOFIPS140=\([^[:space:]-]*\).*/\1/p' <<<"$
 
 log "unit tests under GODEBUG=fips140=only"
 GODEBUG=fips140=only $GO test -count=1 -short -trimpath \
-	./kms/... ./keystore/... ./metrics/ ./internal/fipsmode/ ./internal/offline/ ./cmd/keywarden/ ./cmd/kmsctl/
+	./kms/... ./keystore/... ./metrics/ ./internal/fipsmode/ ./internal/offline/ ./internal/audit/ ./cmd/keywarden/ ./cmd/kmsctl/
 
 log "socket round trip under GODEBUG=fips140=only"
 export GODEBUG=fips140=only

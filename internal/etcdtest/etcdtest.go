@@ -13,7 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,14 +24,26 @@ import (
 	"github.com/keywarden/keywarden/kms/envelope"
 )
 
-// root is the module's root directory, found from this file's path so that
-// tests in any package find the same files.
+// root is the module's root directory: the nearest directory, from the
+// test's working directory (its package's) up, whose go.mod is keywarden's.
+// Not from this file's compiled-in path, which -trimpath (make fips) turns
+// into the import path.
 func root(t testing.TB) string {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("etcdtest: cannot locate the module root")
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatalf("etcdtest: %v", err)
 	}
-	return filepath.Join(filepath.Dir(file), "..", "..")
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil &&
+			bytes.HasPrefix(b, []byte("module github.com/keywarden/keywarden\n")) {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("etcdtest: no keywarden go.mod above the working directory")
+		}
+		dir = parent
+	}
 }
 
 // Start runs the e2e suite's etcd ($KEYWARDEN_E2E_TOOLS_DIR, else
@@ -63,6 +75,14 @@ func Start(t testing.TB) (string, *clientv3.Client) {
 	client, peer := fmt.Sprintf("http://127.0.0.1:%d", port()), fmt.Sprintf("http://127.0.0.1:%d", port())
 	cmd := exec.Command(bin, "--data-dir", t.TempDir(), "--listen-client-urls", client, "--advertise-client-urls", client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "default="+peer, "--log-level", "error")
+	// etcd is the test's infrastructure, not what is tested: it runs without
+	// the test's GODEBUG (make fips sets fips140=only, which etcd, built
+	// without Go's FIPS module in mind, does not start under).
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GODEBUG=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
