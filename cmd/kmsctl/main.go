@@ -154,7 +154,7 @@ Exit codes: 0 ok; 1 failed; 2 usage error or confirmation missing;
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	// The first line stays cobra's "kmsctl version <v>"; then how it was built.
 	root.SetVersionTemplate("kmsctl version {{.Version}}\n" + buildinfo.Details())
-	root.AddCommand(newKeysCmd(g), newStatusCmd(g), newCheckCmd(g), newAuditCmd(g), newMigrateCmd(g), newRotateCmd(g), newRecoveryCmd(g), newRecoverCmd(g))
+	root.AddCommand(newKeysCmd(g), newStatusCmd(g), newCheckCmd(g), newAuditCmd(g), newMigrateCmd(g), newRotateCmd(g), newFollowCmd(g), newRecoveryCmd(g), newRecoverCmd(g))
 	return root
 }
 

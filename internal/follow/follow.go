@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -199,6 +200,7 @@ func (f *Follower) Cycle(ctx context.Context) {
 			f.log().Warn("follow: objects under another key_id than the current one; migrating again", "key_id", key, "objects", c.notUnder(key))
 			f.followed = ""
 			f.state = f.newState(key)
+			f.forgetMigration()
 			f.state.Record(rotation.StepResult{Name: StepPickup, Status: rotation.StatusDone, Detail: "already picked up: the current key"})
 		}
 	}
@@ -222,6 +224,7 @@ func (f *Follower) follow(ctx context.Context, key string) {
 			f.log().Info("follow: key_id changed", "old_key_id", f.followed, "key_id", key)
 		}
 		f.state = f.newState(key)
+		f.forgetMigration()
 	}
 	st := f.state
 	steps := []struct {
@@ -260,6 +263,7 @@ func (f *Follower) follow(ctx context.Context, key string) {
 		st.Record(res)
 		if err != nil && s.name == StepAudit {
 			st.Steps = slices.DeleteFunc(st.Steps, func(o rotation.StepResult) bool { return o.Name == StepMigrate })
+			f.forgetMigration()
 		}
 		f.save()
 		if err != nil {
@@ -286,6 +290,14 @@ func (f *Follower) audit(ctx context.Context, key string) (Counts, error) {
 	f.lastAudit = f.now()
 	f.Metrics.Audited(c, key)
 	return c, nil
+}
+
+// forgetMigration removes the migration's progress file: a finished one
+// would make the next migration a no-op.
+func (f *Follower) forgetMigration() {
+	if f.StatePath != "" {
+		_ = os.Remove(rotation.MigrateStatePath(f.StatePath))
+	}
 }
 
 func (f *Follower) save() {
