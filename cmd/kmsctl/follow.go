@@ -87,7 +87,7 @@ replica leads. Alerts: deploy/monitoring/alerts.yaml.`,
     --etcd-endpoints https://127.0.0.1:2379 --cacert /etc/kubernetes/pki/etcd/ca.crt \
     --cert /etc/kubernetes/pki/apiserver-etcd-client.crt --key /etc/kubernetes/pki/apiserver-etcd-client.key \
     --encryption-config /etc/kubernetes/encryption/encryption-config.yaml \
-    --state-file /var/lib/kmsctl-follow/follow.json --metrics-addr :8096`,
+    --state-file /var/lib/kmsctl-follow/follow.json --metrics-addr :8097`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.follow(cmd.Context(), &f)
@@ -105,7 +105,7 @@ replica leads. Alerts: deploy/monitoring/alerts.yaml.`,
 	fl.DurationVar(&f.pickupWindow, "pickup-window", 3*time.Minute, "how long kube-apiserver may take to start using a new key (it polls Status about once a minute)")
 	fl.DurationVar(&f.pickupPoll, "pickup-poll", 3*time.Second, "how often the canary Secret is written and read back")
 	fl.StringVar(&f.canaryNS, "canary-namespace", "default", "namespace of the canary Secret kmsctl-rotation-canary (deleted after each pickup)")
-	fl.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:8096", "serve /metrics and /healthz here (empty: not at all)")
+	fl.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:8097", "serve /metrics and /healthz here (empty: not at all)")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format on stderr: text or json")
 	fl.BoolVar(&f.leaderElect, "leader-elect", true, "act only while holding the Lease --lease-namespace/--lease-name")
 	fl.StringVar(&f.leaseNS, "lease-namespace", "kube-system", "namespace of the leader election Lease")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -246,5 +247,29 @@ func TestPeriodicAuditFindsOldObjects(t *testing.T) {
 	}
 	if c.objects["secrets"]["k0"] != 0 {
 		t.Fatal("not migrated")
+	}
+}
+
+// TestMetricNames checks MetricNames against what a followed rotation
+// exports.
+func TestMetricNames(t *testing.T) {
+	c := &cluster{key: "k1", pickedUp: "k1", objects: Counts{"secrets": {"k0": 1}}}
+	reg := prometheus.NewRegistry()
+	f := c.follower(t, reg)
+	f.Metrics.SetLeader(true)
+	f.Cycle(context.Background())
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, mf := range mfs {
+		got = append(got, mf.GetName())
+	}
+	want := MetricNames()
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("exported %v, MetricNames %v", got, want)
 	}
 }

@@ -123,3 +123,13 @@ func (m *Metrics) Audited(counts Counts, current string) {
 		}
 	}
 }
+
+// MetricNames are the names of the metrics NewMetrics registers (the alert
+// tests check alerts.yaml against them).
+func MetricNames() []string {
+	return []string{
+		"kmsctl_follow_objects", "kmsctl_follow_objects_not_current", "kmsctl_follow_current_key_info",
+		"kmsctl_follow_last_success_timestamp_seconds", "kmsctl_follow_failures_total",
+		"kmsctl_follow_rotations_total", "kmsctl_follow_leader",
+	}
+}
