@@ -136,6 +136,9 @@ Rotating the root key (docs/rotation.md):
 or add to audit at once, with checks between the steps (it never disables
 or destroys, and its audit covers only the migrated resources):
   kmsctl rotate
+or, once promotes happen (by hand or by the keystore), let the data follow
+(pickup, migrate, audit; a long-running process with metrics):
+  kmsctl follow
 
 Exit codes: 0 ok; 1 failed; 2 usage error or confirmation missing;
 3 a check found a problem.`,
