@@ -136,6 +136,9 @@ Rotating the root key (docs/rotation.md):
 or add to audit at once, with checks between the steps (it never disables
 or destroys, and its audit covers only the migrated resources):
   kmsctl rotate
+or, once promotes happen (by hand or by the keystore), let the data follow
+(pickup, migrate, audit; a long-running process with metrics):
+  kmsctl follow
 
 Exit codes: 0 ok; 1 failed; 2 usage error or confirmation missing;
 3 a check found a problem.`,
@@ -154,7 +157,7 @@ Exit codes: 0 ok; 1 failed; 2 usage error or confirmation missing;
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	// The first line stays cobra's "kmsctl version <v>"; then how it was built.
 	root.SetVersionTemplate("kmsctl version {{.Version}}\n" + buildinfo.Details())
-	root.AddCommand(newKeysCmd(g), newStatusCmd(g), newCheckCmd(g), newAuditCmd(g), newMigrateCmd(g), newRotateCmd(g), newRecoveryCmd(g), newRecoverCmd(g))
+	root.AddCommand(newKeysCmd(g), newStatusCmd(g), newCheckCmd(g), newAuditCmd(g), newMigrateCmd(g), newRotateCmd(g), newFollowCmd(g), newRecoveryCmd(g), newRecoverCmd(g))
 	return root
 }
 
