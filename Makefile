@@ -28,7 +28,7 @@ LEAN_TAGS       := noaws,nogcp,noazure,novault
 
 .PHONY: all build build-nopkcs11 build-lean run test check unit unit-short fuzz lint fmt vet golangci-lint vulncheck \
         actionlint release release-check test-arm64 \
-        bench bench-socket bench-keystores bench-quick bench-apiserver soak e2e-tools node-tools vault-tools e2e outage-start outage-wait e2e-node e2e-node-if-enabled faults faults-update image clean kind-up kind-e2e kind-down
+        bench bench-socket bench-keystores bench-quick bench-apiserver soak e2e-tools node-tools vault-tools e2e e2e-suite e2e-deploy outage-start outage-wait e2e-node e2e-node-if-enabled faults faults-update image clean kind-up kind-e2e kind-down
 
 all: build
 
@@ -56,18 +56,23 @@ run: build
 	  --state-file $(CURDIR)/$(DEV)/state.json \
 	  --metrics-addr 127.0.0.1:8095 --log-format text
 
-# Everything CI runs.
+# Everything CI runs, timed, with the CPU-bound checks overlapping the e2e
+# suites' waiting: hack/test.sh says which step runs where, and ends with a
+# table of each step's wall-clock time (bin/steps/times.tsv).
+#   foreground: lint e2e-tools outage-start unit fuzz e2e-suite e2e-node-if-enabled
+#   background: build-lean test-arm64 fips release-check; e2e-deploy
+#   then outage-wait.
 # test-arm64, fips and release-check (issue 16): the arm64 unit tests under
 # qemu, FIPS 140-3 mode (docs/fips.md), and make release checked and rebuilt
-# (docs/install.md, "Making a release").
+# (docs/install.md, "Making a release"); release-check also builds and
+# checks the static nopkcs11 binaries (build-nopkcs11 is not repeated).
 # e2e-tools first: the unit tests of kmsctl audit and internal/audit read a
 # real etcd (they skip without one, or fail under KEYWARDEN_REQUIRE_ETCD).
 # TestKeystoreOutage spends its 11 minutes mostly waiting out a frozen
 # keystore, so make test starts it in the background as soon as its binaries
-# exist (outage-start) and collects it at the end (outage-wait), instead of
-# running it beside test/e2e only.
-test: E2E_PKGS = ./test/e2e/
-test: lint e2e-tools outage-start unit fuzz build-nopkcs11 build-lean test-arm64 fips release-check e2e e2e-node-if-enabled outage-wait
+# exist (outage-start) and collects it at the end (outage-wait).
+test:
+	MAKE="$(MAKE)" bash hack/test.sh
 
 unit:
 	$(GO) test -race -count=1 ./...
@@ -205,8 +210,13 @@ faults-update: vault-tools
 # of its own from `make vault-tools`'s binary; without one it skips (fails
 # under KEYWARDEN_REQUIRE_VAULT=1, as in CI, where .ci/run builds it).
 E2E_PKGS ?= ./test/e2e/...
-e2e: build e2e-tools
+e2e: e2e-suite e2e-deploy
+
+e2e-suite: build e2e-tools
 	$(GO) test -count=1 -timeout 30m -tags e2e $(E2E_PKGS) -v
+
+# deploy's manifests and EncryptionConfigurations on a real kube-apiserver.
+e2e-deploy: build e2e-tools
 	$(GO) test -count=1 -timeout 15m -tags e2e -run '^TestE2E' ./deploy -v
 
 # TestKeystoreOutage in the background (make test): its output goes to

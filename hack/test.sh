@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# make test: every check CI runs (.ci/run), timed, in lanes.
+#
+# On two cores most of the wall-clock time of a serial run went to steps
+# that wait (the e2e suites start real kube-apiservers and etcds and wait on
+# them; the node test waits on the kubelet; TestKeystoreOutage waits out a
+# frozen keystore for 10 minutes) while the CPU-bound checks (FIPS, arm64,
+# the release and its rebuilds) waited their turn. So:
+#
+#   foreground: lint, e2e-tools, outage-start, unit, fuzz, e2e-suite, e2e-node
+#   background, started after fuzz (CPU-bound, overlapping the e2e waits):
+#     checks: build-lean, test-arm64, fips, release-check (one after another)
+#     e2e-deploy: deploy's TestE2E* against a real kube-apiserver
+#   TestKeystoreOutage: from outage-start, collected by outage-wait.
+#
+# Each step runs as `make <step>`. bin/ and the e2e tools are made once, by
+# outage-start, before any lane starts: later steps get `-o build -o
+# e2e-tools`, so no two makes write the same binary at once. A background
+# step's output goes to
+# bin/steps/<lane>.log and is printed when the lane is collected. The end is
+# a table of every step's wall-clock time (also bin/steps/times.tsv), the
+# figures docs/e2e.md quotes. Any failed step fails make test; a failure in
+# the foreground stops the background lanes (the outage test, started
+# detached, runs to its own end and cleans up after itself).
+set -uo pipefail
+MAKE=${MAKE:-make}
+dir=bin/steps
+rm -rf "$dir" && mkdir -p "$dir"
+times="$dir/times.tsv"
+printf 'step\tlane\tseconds\tresult\n' >"$times"
+t0=$(date +%s)
+
+record() { # step lane seconds rc
+	local res=ok
+	[ "$4" -eq 0 ] || res="failed ($4)"
+	printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$res" >>"$times"
+	echo "steps: $1 ($2) $res in $3 s"
+}
+
+summary() {
+	echo
+	echo "steps: wall-clock time per step (lanes overlap; total $(($(date +%s) - t0)) s)"
+	column -t -s $'\t' "$times" 2>/dev/null || cat "$times"
+}
+
+# fg STEP [MAKE ARGS]: one foreground step; a failure ends make test.
+fg() {
+	local s=$1 start rc
+	shift
+	start=$(date +%s)
+	$MAKE --no-print-directory "$s" "$@"
+	rc=$?
+	record "$s" foreground $(($(date +%s) - start)) "$rc"
+	if [ "$rc" -ne 0 ]; then
+		stop_lanes
+		summary
+		exit "$rc"
+	fi
+}
+
+# lane NAME STEP...: the steps one after another in the background, in a
+# process group of their own (set -m), so stop_lanes can end all of it.
+lanes=()
+lane() {
+	local name=$1
+	shift
+	(
+		for s in "$@"; do
+			start=$(date +%s)
+			echo "== $s" >>"$dir/$name.log"
+			$MAKE --no-print-directory -o build -o e2e-tools "$s" >>"$dir/$name.log" 2>&1
+			rc=$?
+			record "$s" "$name" $(($(date +%s) - start)) "$rc" >>"$dir/$name.log"
+			[ "$rc" -eq 0 ] || exit "$rc"
+		done
+	) </dev/null &
+	lanes+=("$name:$!")
+	echo "steps: lane $name started in the background ($*), log: $dir/$name.log"
+}
+
+stop_lanes() {
+	local l
+	for l in "${lanes[@]}"; do
+		kill -- "-${l#*:}" 2>/dev/null
+		wait "${l#*:}" 2>/dev/null
+	done
+}
+
+# Collect every lane: print its log, fail if any step in it failed.
+collect() {
+	local l name pid rc failed=0
+	for l in "${lanes[@]}"; do
+		name=${l%%:*} pid=${l#*:}
+		wait "$pid"
+		rc=$?
+		echo
+		echo "=== lane $name (background) ==="
+		cat "$dir/$name.log"
+		[ "$rc" -eq 0 ] || failed=$rc
+	done
+	return "$failed"
+}
+
+set -m
+fg lint
+fg e2e-tools
+fg outage-start
+fg unit
+fg fuzz
+lane checks build-lean test-arm64 fips release-check
+lane e2e-deploy e2e-deploy
+fg e2e-suite -o build -o e2e-tools E2E_PKGS=./test/e2e/
+fg e2e-node-if-enabled
+start=$(date +%s)
+collect
+rc=$?
+record "background lanes" wait $(($(date +%s) - start)) "$rc"
+start=$(date +%s)
+$MAKE --no-print-directory outage-wait
+orc=$?
+record outage-wait foreground $(($(date +%s) - start)) "$orc"
+summary
+[ "$rc" -eq 0 ] && [ "$orc" -eq 0 ]
