@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	coordinationv1 "k8s.io/client-go/kubernetes/typed/coordination/v1"
@@ -23,7 +22,6 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"github.com/keywarden/keywarden/internal/follow"
-	"github.com/keywarden/keywarden/internal/rotation"
 )
 
 type followFlags struct {
@@ -167,23 +165,7 @@ func (g *globals) follow(ctx context.Context, f *followFlags) error {
 		Now:        g.now,
 	}
 	fo.Pickup = func(ctx context.Context, keyID string) (string, error) {
-		c, err := f.etcd.client()
-		if err != nil {
-			return "", err
-		}
-		defer c.Close()
-		return rotation.WaitPickup(ctx, rotation.Canary{
-			Client: k.dyn, Readyz: k.disc.RESTClient(), Get: func(ctx context.Context, key string) ([]byte, bool, error) {
-				ctx, cancel := context.WithTimeout(ctx, f.etcd.timeout)
-				defer cancel()
-				resp, err := c.Get(ctx, key, clientv3.WithLimit(1))
-				if err != nil || len(resp.Kvs) != 1 {
-					return nil, false, err
-				}
-				return resp.Kvs[0].Value, true, nil
-			},
-			Prefix: f.etcd.prefix, Namespace: f.canaryNS, Window: f.pickupWindow, Poll: f.pickupPoll, Now: g.now,
-		}, keyID)
+		return g.waitPickup(ctx, k, &f.etcd, canaryOpts{f.canaryNS, f.pickupWindow, f.pickupPoll}, keyID)
 	}
 	fo.Migrate = func(ctx context.Context, stateFile, svmPrefix string) (string, error) {
 		mf := f.mig

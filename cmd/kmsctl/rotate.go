@@ -273,23 +273,7 @@ func (g *globals) rotationRunner(f *rotateFlags, out *rotateOut, self *rotation.
 		if err != nil {
 			return "", err
 		}
-		c, err := f.etcd.client()
-		if err != nil {
-			return "", err
-		}
-		defer c.Close()
-		return rotation.WaitPickup(ctx, rotation.Canary{
-			Client: k.dyn, Readyz: k.disc.RESTClient(), Get: func(ctx context.Context, key string) ([]byte, bool, error) {
-				ctx, cancel := context.WithTimeout(ctx, f.etcd.timeout)
-				defer cancel()
-				resp, err := c.Get(ctx, key, clientv3.WithLimit(1))
-				if err != nil || len(resp.Kvs) != 1 {
-					return nil, false, err
-				}
-				return resp.Kvs[0].Value, true, nil
-			},
-			Prefix: f.etcd.prefix, Namespace: f.canaryNS, Window: f.pickupWindow, Poll: f.pickupPoll, Now: g.now,
-		}, keyID)
+		return g.waitPickup(ctx, k, &f.etcd, canaryOpts{f.canaryNS, f.pickupWindow, f.pickupPoll}, keyID)
 	}
 	r.Migrate = func(ctx context.Context, stateFile, svmPrefix string) (*migrate.Summary, []migrate.SVMResult, error) {
 		mf := f.mig
@@ -422,4 +406,32 @@ func redactAll(uris []string) []string {
 		out[i] = byuri.Redact(u)
 	}
 	return out
+}
+
+// canaryOpts are the pickup step's flags, shared by rotate and follow.
+type canaryOpts struct {
+	namespace    string
+	window, poll time.Duration
+}
+
+// waitPickup is the pickup step of rotate and follow: rotation.WaitPickup
+// writing the canary through k and reading it back from etcd.
+func (g *globals) waitPickup(ctx context.Context, k *kube, e *etcdFlags, o canaryOpts, keyID string) (string, error) {
+	c, err := e.client()
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return rotation.WaitPickup(ctx, rotation.Canary{
+		Client: k.dyn, Readyz: k.disc.RESTClient(), Get: func(ctx context.Context, key string) ([]byte, bool, error) {
+			ctx, cancel := context.WithTimeout(ctx, e.timeout)
+			defer cancel()
+			resp, err := c.Get(ctx, key, clientv3.WithLimit(1))
+			if err != nil || len(resp.Kvs) != 1 {
+				return nil, false, err
+			}
+			return resp.Kvs[0].Value, true, nil
+		},
+		Prefix: e.prefix, Namespace: o.namespace, Window: o.window, Poll: o.poll, Now: g.now,
+	}, keyID)
 }

@@ -130,14 +130,7 @@ func (f *Follower) sleep(ctx context.Context, d time.Duration) error {
 	if f.Sleep != nil {
 		return f.Sleep(ctx, d)
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return rotation.Sleep(ctx, d)
 }
 
 // Run follows until ctx ends, and returns its error. It first reads the

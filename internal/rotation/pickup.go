@@ -44,7 +44,7 @@ func waitPlugin(ctx context.Context, p Plugin, keyID string, timeout, poll time.
 		if now().Sub(t0) > timeout {
 			return "", surprisef("keywarden on %s did not report key_id %s within --plugin-timeout %s (last: %s): is it running on this keystore?", p.Socket, keyID, timeout, last)
 		}
-		if err := sleep(ctx, poll); err != nil {
+		if err := Sleep(ctx, poll); err != nil {
 			return "", err
 		}
 	}
@@ -146,13 +146,14 @@ func WaitPickup(ctx context.Context, c Canary, keyID string) (string, error) {
 		if now().Sub(t0) > c.Window {
 			return "", surprisef("kube-apiserver did not start using %s within --pickup-window %s (%s)", keyID, c.Window, last)
 		}
-		if err := sleep(ctx, c.Poll); err != nil {
+		if err := Sleep(ctx, c.Poll); err != nil {
 			return "", err
 		}
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
+// Sleep waits d or until ctx ends (then it returns ctx.Err()).
+func Sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
