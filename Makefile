@@ -28,7 +28,7 @@ LEAN_TAGS       := noaws,nogcp,noazure,novault
 
 .PHONY: all build build-nopkcs11 build-lean run test check unit unit-short fuzz lint fmt vet golangci-lint vulncheck \
         actionlint release release-check test-arm64 \
-        bench bench-socket bench-keystores bench-quick bench-apiserver soak e2e-tools node-tools vault-tools e2e e2e-suite e2e-deploy outage-start outage-wait e2e-node e2e-node-if-enabled faults faults-update image clean kind-up kind-e2e kind-down
+        bench bench-socket bench-keystores bench-quick bench-apiserver soak e2e-tools node-tools vault-tools e2e e2e-suite e2e-deploy outage-start outage-wait node-images e2e-node e2e-node-if-enabled faults faults-update image clean kind-up kind-e2e kind-down
 
 all: build
 
@@ -60,7 +60,8 @@ run: build
 # suites' waiting: hack/test.sh says which step runs where, and ends with a
 # table of each step's wall-clock time (bin/steps/times.tsv).
 #   foreground: lint e2e-tools outage-start unit fuzz e2e-suite e2e-node-if-enabled
-#   background: build-lean test-arm64 fips release-check; e2e-deploy
+#   background: node-images (with KEYWARDEN_E2E_NODE=1) build-lean
+#   test-arm64 fips release-check, one after another; e2e-deploy
 #   then outage-wait.
 # test-arm64, fips and release-check (issue 16): the arm64 unit tests under
 # qemu, FIPS 140-3 mode (docs/fips.md), and make release checked and rebuilt
@@ -241,18 +242,22 @@ outage-wait:
 # keywarden's static pod, README's install steps run from README; the image
 # is also cross-built for linux/arm64 and checked (test/node/image.sh). Root only;
 # it refuses a machine that already is a node, and cleans up after itself.
-e2e-node: e2e-tools node-tools
-	KEYWARDEN_IMAGE_ARM64=$(CURDIR)/$(BIN)/node/keywarden-image-arm64.tar \
-	  GO="$(GO)" bash test/node/image.sh $(CURDIR)/$(BIN)/node/keywarden-image.tar $(CURDIR)/$(BIN)/node/keywarden-pkcs11-image.tar
+e2e-node: e2e-tools node-tools node-images
 	KEYWARDEN_NODE_IMAGE=$(CURDIR)/$(BIN)/node/keywarden-image.tar \
 	  KEYWARDEN_NODE_IMAGE_PKCS11=$(CURDIR)/$(BIN)/node/keywarden-pkcs11-image.tar KEYWARDEN_E2E_NODE=1 \
 	  $(GO) test -count=1 -timeout 30m -tags node -v ./test/node/
+
+# keywarden's images from the Dockerfile (buildah), for the node test: the
+# default and PKCS#11 variants, and linux/arm64 cross-built and checked.
+node-images:
+	KEYWARDEN_IMAGE_ARM64=$(CURDIR)/$(BIN)/node/keywarden-image-arm64.tar \
+	  GO="$(GO)" bash test/node/image.sh $(CURDIR)/$(BIN)/node/keywarden-image.tar $(CURDIR)/$(BIN)/node/keywarden-pkcs11-image.tar
 
 # make test runs the node test only where KEYWARDEN_E2E_NODE=1 (.ci/run sets
 # it): it turns the machine into a kubeadm node for a minute or two.
 e2e-node-if-enabled:
 ifeq ($(KEYWARDEN_E2E_NODE),1)
-	$(MAKE) e2e-node
+	$(MAKE) $(if $(NODE_IMAGES_BUILT),-o node-images) e2e-node
 else
 	@echo "e2e-node: skipped: it makes this machine a kubeadm node; KEYWARDEN_E2E_NODE=1 (as in .ci/run) or make e2e-node runs it"
 endif

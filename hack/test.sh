@@ -9,7 +9,9 @@
 #
 #   foreground: lint, e2e-tools, outage-start, unit, fuzz, e2e-suite, e2e-node
 #   background, started after fuzz (CPU-bound, overlapping the e2e waits):
-#     checks: build-lean, test-arm64, fips, release-check (one after another)
+#     checks: node-images (where the node test runs), build-lean,
+#       test-arm64, fips, release-check, one after another; the node test
+#       waits for node-images only
 #     e2e-deploy: deploy's TestE2E* against a real kube-apiserver
 #   TestKeystoreOutage: from outage-start, collected by outage-wait.
 #
@@ -71,11 +73,28 @@ lane() {
 			$MAKE --no-print-directory -o build -o e2e-tools "$s" >>"$dir/$name.log" 2>&1
 			rc=$?
 			record "$s" "$name" $(($(date +%s) - start)) "$rc" >>"$dir/$name.log"
+			echo "$rc" >"$dir/$s.rc"
 			[ "$rc" -eq 0 ] || exit "$rc"
 		done
 	) </dev/null &
 	lanes+=("$name:$!")
 	echo "steps: lane $name started in the background ($*), log: $dir/$name.log"
+}
+
+# await STEP: wait until a background step has ended; fail if it failed.
+await() {
+	local start rc
+	start=$(date +%s)
+	until [ -f "$dir/$1.rc" ]; do sleep 2; done
+	rc=$(cat "$dir/$1.rc")
+	record "await $1" foreground $(($(date +%s) - start)) "$rc"
+	if [ "$rc" -ne 0 ]; then
+		echo "steps: $1 failed; its log: $dir/*.log"
+		stop_lanes
+		collect
+		summary
+		exit "$rc"
+	fi
 }
 
 stop_lanes() {
@@ -107,10 +126,21 @@ fg e2e-tools
 fg outage-start
 fg unit
 fg fuzz
-lane checks build-lean test-arm64 fips release-check
+checks=(build-lean test-arm64 fips release-check)
+node=0
+if [ "${KEYWARDEN_E2E_NODE:-}" = 1 ]; then
+	node=1
+	checks=(node-images "${checks[@]}")
+fi
+lane checks "${checks[@]}"
 lane e2e-deploy e2e-deploy
 fg e2e-suite -o build -o e2e-tools E2E_PKGS=./test/e2e/
-fg e2e-node-if-enabled
+if [ "$node" = 1 ]; then
+	await node-images
+	fg e2e-node-if-enabled NODE_IMAGES_BUILT=1
+else
+	fg e2e-node-if-enabled
+fi
 start=$(date +%s)
 collect
 rc=$?
