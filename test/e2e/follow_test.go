@@ -270,3 +270,118 @@ func TestKmsctlFollow(t *testing.T) {
 	}
 	readAll(t, ctx, a, ns, want)
 }
+
+// TestKmsctlFollowNodes is follow mode on a two-node control plane (one
+// etcd, two kube-apiservers, each with its own keywarden and keyset copy),
+// with --node-sockets naming node b's keywarden. The new version is added
+// on both nodes and promoted on node a only: follow mode must wait (its
+// Status step fails with the nodes' disagreement, nothing is picked up or
+// migrated) rather than migrate under a key node b could not yet write
+// under. Once node b promotes too, it follows the rotation to the end, and
+// every Secret reads back through both apiservers.
+func TestKmsctlFollowNodes(t *testing.T) {
+	tools := cluster.MustTools(t)
+	ctx := testCtx(t, 10*time.Minute)
+	e := cluster.StartEtcd(t, tools, cluster.EtcdOptions{})
+	ksA := cluster.NewKeyset(t, tools)
+	ksB, err := ksA.CopyTo(filepath.Join(t.TempDir(), "node-b", "keyset.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const provider = cluster.DefaultProvider
+	var kws [2]*cluster.Keywarden
+	var as [2]*cluster.APIServer
+	for i, ks := range []*cluster.Keyset{ksA, ksB} {
+		kws[i] = cluster.StartKeywarden(t, tools, cluster.KeywardenOptions{Keyset: ks})
+		as[i] = cluster.StartAPIServer(t, tools, cluster.APIServerOptions{
+			EtcdServers: e.Endpoints,
+			Providers:   []cluster.Provider{cluster.KMSv2(provider, kws[i].Socket), cluster.Identity()},
+		})
+	}
+	c := &cluster.Cluster{Tools: tools, Etcd: e, Keywarden: kws[0], APIServer: as[0], Provider: provider}
+	const ns = "follow-nodes"
+	ensureNamespace(t, ctx, as[0], ns)
+	want := putSecrets(t, ctx, as[0], ns, 100)
+	k1, err := ksA.Primary(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	f := startFollower(t, ctx, c, "follow-nodes", "--node-sockets", kws[1].Socket)
+	eventually(t, 3*time.Minute, time.Second, "the first audit", func() error {
+		if n, _ := f.metric(t, "kmsctl_follow_rotations_total"); n < 1 {
+			return fmt.Errorf("rotations_total %v", n)
+		}
+		return nil
+	})
+
+	// Phase 1 of docs/rotation.md's HA steps: the new version on both
+	// nodes (node b gets a copy of node a's keyset), not yet primary.
+	v2, err := ksA.Add(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2 := v2.KeyID
+	if _, err := ksA.CopyTo(ksB.Path); err != nil {
+		t.Fatal(err)
+	}
+	// Phase 2 on node a only.
+	if err := ksA.Promote(ctx, k2); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := f.metric(t, "kmsctl_follow_failures_total", "step=status")
+	eventually(t, time.Minute, time.Second, "follow mode sees the nodes disagree", func() error {
+		if n, _ := f.metric(t, "kmsctl_follow_failures_total", "step=status"); n < before+3 {
+			return fmt.Errorf("status failures %v (from %v)", n, before)
+		}
+		return nil
+	})
+	if !f.logged("keywardens report different key_ids") {
+		t.Errorf("follow mode's status failures do not name the disagreement")
+	}
+	for _, d := range f.stepsDone() {
+		if strings.HasSuffix(d, " "+k2) {
+			t.Fatalf("follow mode acted on k2 while node b had not promoted it: %v", f.stepsDone())
+		}
+	}
+	if n, _ := f.metric(t, "kmsctl_follow_current_key_info", "key_id_hash="+metrics.HashKeyID(k2)); n != 0 {
+		t.Fatalf("follow mode reports k2 current while the nodes disagree")
+	}
+	if n := storedKeyIDs(t, ctx, c, "/registry/secrets/"+ns+"/"); n[k1] < 100 {
+		t.Fatalf("objects moved off k1 while the nodes disagree: %v", n)
+	}
+
+	// Phase 2 on node b: follow mode takes it from there.
+	if err := ksB.Promote(ctx, k2); err != nil {
+		t.Fatal(err)
+	}
+	promoted := time.Now()
+	eventually(t, 6*time.Minute, 2*time.Second, "follow mode rotates to k2", func() error {
+		if n, _ := f.metric(t, "kmsctl_follow_rotations_total"); n < 2 {
+			return fmt.Errorf("rotations_total %v (steps done: %v)", n, f.stepsDone())
+		}
+		return nil
+	})
+	t.Logf("followed the promote in %s once both nodes had it: %v", time.Since(promoted).Round(time.Second), f.stepsDone())
+	if n, ok := f.metric(t, "kmsctl_follow_objects_not_current"); !ok || n != 0 {
+		t.Errorf("objects not under the current key: %v (exported %v)", n, ok)
+	}
+	if n := storedKeyIDs(t, ctx, c, "/registry/secrets/", "/registry/configmaps/"); n[k1] != 0 || n[k2] < 100 {
+		t.Fatalf("stored key_ids after follow mode: %v", n)
+	}
+	for _, a := range as {
+		readAll(t, ctx, a, ns, want)
+	}
+}
+
+// logged reports whether any log line's message or error contains s.
+func (f *follower) logged(s string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, l := range f.logs {
+		if strings.Contains(fmt.Sprint(l["msg"]), s) || strings.Contains(fmt.Sprint(l["err"]), s) {
+			return true
+		}
+	}
+	return false
+}
