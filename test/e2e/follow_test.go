@@ -280,34 +280,18 @@ func TestKmsctlFollow(t *testing.T) {
 // under. Once node b promotes too, it follows the rotation to the end, and
 // every Secret reads back through both apiservers.
 func TestKmsctlFollowNodes(t *testing.T) {
-	tools := cluster.MustTools(t)
 	ctx := testCtx(t, 10*time.Minute)
-	e := cluster.StartEtcd(t, tools, cluster.EtcdOptions{})
-	ksA := cluster.NewKeyset(t, tools)
-	ksB, err := ksA.CopyTo(filepath.Join(t.TempDir(), "node-b", "keyset.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	const provider = cluster.DefaultProvider
-	var kws [2]*cluster.Keywarden
-	var as [2]*cluster.APIServer
-	for i, ks := range []*cluster.Keyset{ksA, ksB} {
-		kws[i] = cluster.StartKeywarden(t, tools, cluster.KeywardenOptions{Keyset: ks})
-		as[i] = cluster.StartAPIServer(t, tools, cluster.APIServerOptions{
-			EtcdServers: e.Endpoints,
-			Providers:   []cluster.Provider{cluster.KMSv2(provider, kws[i].Socket), cluster.Identity()},
-		})
-	}
-	c := &cluster.Cluster{Tools: tools, Etcd: e, Keywarden: kws[0], APIServer: as[0], Provider: provider}
+	c, nodes := startTwoNodes(t)
+	ksA, ksB := nodes[0].ks, nodes[1].ks
 	const ns = "follow-nodes"
-	ensureNamespace(t, ctx, as[0], ns)
-	want := putSecrets(t, ctx, as[0], ns, 100)
+	ensureNamespace(t, ctx, c.APIServer, ns)
+	want := putSecrets(t, ctx, c.APIServer, ns, 100)
 	k1, err := ksA.Primary(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	f := startFollower(t, ctx, c, "follow-nodes", "--node-sockets", kws[1].Socket)
+	f := startFollower(t, ctx, c, "follow-nodes", "--node-sockets", nodes[1].kw.Socket)
 	eventually(t, 3*time.Minute, time.Second, "the first audit", func() error {
 		if n, _ := f.metric(t, "kmsctl_follow_rotations_total"); n < 1 {
 			return fmt.Errorf("rotations_total %v", n)
@@ -369,8 +353,8 @@ func TestKmsctlFollowNodes(t *testing.T) {
 	if n := storedKeyIDs(t, ctx, c, "/registry/secrets/", "/registry/configmaps/"); n[k1] != 0 || n[k2] < 100 {
 		t.Fatalf("stored key_ids after follow mode: %v", n)
 	}
-	for _, a := range as {
-		readAll(t, ctx, a, ns, want)
+	for _, n := range nodes {
+		readAll(t, ctx, n.a, ns, want)
 	}
 }
 

@@ -21,29 +21,10 @@ import (
 // keysets then have the same primary, node b's apiserver writes under it,
 // and every Secret reads back through both apiservers.
 func TestHARotateNodes(t *testing.T) {
-	tools := cluster.MustTools(t)
 	ctx := testCtx(t, 10*time.Minute)
-	e := cluster.StartEtcd(t, tools, cluster.EtcdOptions{})
-	ksA := cluster.NewKeyset(t, tools)
-	ksB, err := ksA.CopyTo(filepath.Join(t.TempDir(), "node-b", "keyset.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, nodes := startTwoNodes(t)
+	e, ksA, ksB := c.Etcd, nodes[0].ks, nodes[1].ks
 	const provider = cluster.DefaultProvider
-	type node struct {
-		ks *cluster.Keyset
-		kw *cluster.Keywarden
-		a  *cluster.APIServer
-	}
-	nodes := []*node{{ks: ksA}, {ks: ksB}}
-	for _, n := range nodes {
-		n.kw = cluster.StartKeywarden(t, tools, cluster.KeywardenOptions{Keyset: n.ks})
-		n.a = cluster.StartAPIServer(t, tools, cluster.APIServerOptions{
-			EtcdServers: e.Endpoints,
-			Providers:   []cluster.Provider{cluster.KMSv2(provider, n.kw.Socket), cluster.Identity()},
-		})
-	}
-	c := &cluster.Cluster{Tools: tools, Etcd: e, Keywarden: nodes[0].kw, APIServer: nodes[0].a, Provider: provider}
 	const ns = "ha-rotate"
 	ensureNamespace(t, ctx, nodes[0].a, ns)
 	want := putSecrets(t, ctx, nodes[0].a, ns, 300)
@@ -117,4 +98,34 @@ func TestHARotateNodes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// haNode is one control-plane node of startTwoNodes.
+type haNode struct {
+	ks *cluster.Keyset
+	kw *cluster.Keywarden
+	a  *cluster.APIServer
+}
+
+// startTwoNodes starts a two-node control plane: one etcd, and on each node
+// a keyset (node b's a copy of node a's), a keywarden and a kube-apiserver
+// whose provider is that keywarden. The Cluster is node a's.
+func startTwoNodes(t *testing.T) (*cluster.Cluster, []*haNode) {
+	t.Helper()
+	tools := cluster.MustTools(t)
+	e := cluster.StartEtcd(t, tools, cluster.EtcdOptions{})
+	ksA := cluster.NewKeyset(t, tools)
+	ksB, err := ksA.CopyTo(filepath.Join(t.TempDir(), "node-b", "keyset.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := []*haNode{{ks: ksA}, {ks: ksB}}
+	for _, n := range nodes {
+		n.kw = cluster.StartKeywarden(t, tools, cluster.KeywardenOptions{Keyset: n.ks})
+		n.a = cluster.StartAPIServer(t, tools, cluster.APIServerOptions{
+			EtcdServers: e.Endpoints,
+			Providers:   []cluster.Provider{cluster.KMSv2(cluster.DefaultProvider, n.kw.Socket), cluster.Identity()},
+		})
+	}
+	return &cluster.Cluster{Tools: tools, Etcd: e, Keywarden: nodes[0].kw, APIServer: nodes[0].a, Provider: cluster.DefaultProvider}, nodes
 }
