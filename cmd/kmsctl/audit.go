@@ -223,8 +223,8 @@ func (g *globals) printAudit(a *auditOut) error {
 				fmt.Fprintf(w, "%s\t%s\t%d\n", k.ID, k.RootKeyID, k.Objects)
 			}
 		}
-		fmt.Fprintf(w, "\nplaintext %d, other providers %d, unrecognized %d, malformed %d, bad keywarden annotation %d\n",
-			a.Plaintext, a.OtherProviders, a.Unrecognized, a.Malformed, a.BadAnnotation)
+		fmt.Fprintf(w, "\nplaintext %d, other providers %d, other KMS v2 plugins %d, unrecognized %d, malformed %d, bad keywarden annotation %d\n",
+			a.Plaintext, a.OtherProviders, a.OtherKMSv2, a.Unrecognized, a.Malformed, a.BadAnnotation)
 		for _, c := range sortedKeys(a.Samples) {
 			fmt.Fprintf(w, "  %s, e.g.: %s\n", c, strings.Join(a.Samples[c], " "))
 		}
@@ -300,8 +300,8 @@ resource nobody thought of, is still under the key.`,
 			if failPlain && a.Plaintext+a.Unrecognized > 0 {
 				a.Gates = append(a.Gates, fmt.Sprintf("%d plaintext and %d unrecognized objects (--fail-on-plaintext)", a.Plaintext, a.Unrecognized))
 			}
-			if failOnOther && a.OtherProviders > 0 {
-				a.Gates = append(a.Gates, fmt.Sprintf("%d objects under other providers (--fail-on-other-providers)", a.OtherProviders))
+			if failOnOther && a.OtherProviders+a.OtherKMSv2 > 0 {
+				a.Gates = append(a.Gates, fmt.Sprintf("%d objects under other providers, %d of them from another KMS v2 plugin (--fail-on-other-providers)", a.OtherProviders+a.OtherKMSv2, a.OtherKMSv2))
 			}
 			for _, k := range failOnKeys {
 				if n := a.InUse(k); n > 0 {
@@ -327,6 +327,6 @@ resource nobody thought of, is still under the key.`,
 	cmd.Flags().BoolVar(&failPlain, "fail-on-plaintext", false, "exit 3 if any object is stored in plaintext (or unrecognized)")
 	cmd.Flags().StringSliceVar(&failOnKeys, "fail-on-key", nil, "exit 3 if any object is stored under this key_id (repeatable)")
 	cmd.Flags().StringSliceVar(&failOnSole, "fail-on-sole-key", nil, "exit 3 if any object can be read only through this root key_id, i.e. has no copy under another root (repeatable)")
-	cmd.Flags().BoolVar(&failOnOther, "fail-on-other-providers", false, "exit 3 if any object is under aescbc, aesgcm, secretbox or KMS v1")
+	cmd.Flags().BoolVar(&failOnOther, "fail-on-other-providers", false, "exit 3 if any object is under aescbc, aesgcm, secretbox, KMS v1 or another KMS v2 plugin (a KMS v2 value without keywarden's annotation)")
 	return cmd
 }

@@ -153,3 +153,31 @@ resources:
 		t.Fatalf("%+v", r)
 	}
 }
+
+// TestAuditOtherKMSv2Plugin: --fail-on-other-providers also fails on a KMS
+// v2 value another plugin wrote (no keywarden annotation), says so, and
+// passes once only keywarden's values are left.
+func TestAuditOtherKMSv2Plugin(t *testing.T) {
+	url, c := etcdtest.Start(t)
+	ctx := context.Background()
+	for k, v := range map[string][]byte{
+		"/registry/secrets/default/ours":   etcdtest.KMSValue(t, goldenKey1),
+		"/registry/secrets/default/theirs": etcdtest.ForeignKMSValue(t, "vault-kms", "their-key-1"),
+	} {
+		if _, err := c.Put(ctx, k, string(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	args := []string{"audit", "--etcd-endpoints", url, "--resources", "secrets", "--fail-on-other-providers"}
+	r := run(t, "", false, args...)
+	if r.code != exitProblem || !strings.Contains(r.stderr+r.stdout, "1 of them from another KMS v2 plugin") ||
+		!strings.Contains(r.stdout, "other KMS v2 plugins 1") {
+		t.Fatalf("with another plugin's value: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := c.Delete(ctx, "/registry/secrets/default/theirs"); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, "", false, args...); r.code != 0 {
+		t.Fatalf("keywarden's values only: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+}

@@ -63,6 +63,10 @@ type Report struct {
 	// OtherProviders counts values under aescbc, aesgcm, secretbox, KMS v1,
 	// or a provider this version does not know.
 	OtherProviders int `json:"otherProviders"`
+	// OtherKMSv2 counts KMS v2 values that another plugin wrote: they
+	// lack keywarden's kek.keywarden.io annotation, which every value
+	// keywarden writes carries and keywarden needs to decrypt.
+	OtherKMSv2 int `json:"otherKMSv2"`
 	// Unrecognized counts values that are neither encrypted nor known
 	// plaintext encodings.
 	Unrecognized int `json:"unrecognized"`
@@ -232,6 +236,7 @@ func (r *Report) count(rr *ResourceReport, keks map[string]*KEKReport, key strin
 		k, ok, err := o.KeywardenKEK()
 		switch {
 		case !ok:
+			r.OtherKMSv2++
 		case err != nil || k.RootKeyID != o.KeyID:
 			r.BadAnnotation++
 			r.sample("badAnnotation", key)

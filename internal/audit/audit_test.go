@@ -292,3 +292,24 @@ func TestRunKMSValueRoots(t *testing.T) {
 		t.Fatalf("report through JSON: InUse %d, %v", again.InUse(key2), err)
 	}
 }
+
+// A KMS v2 value another plugin wrote (no kek.keywarden.io annotation) is
+// counted as OtherKMSv2, under its own provider label and key_id, and is
+// not taken for a keywarden value.
+func TestRunForeignKMSValue(t *testing.T) {
+	kvs := map[string][]byte{
+		"/registry/secrets/default/theirs": etcdtest.ForeignKMSValue(t, "other-plugin", "their-key-1"),
+		"/registry/secrets/default/ours":   etcdtest.KMSValue(t, key1),
+	}
+	scopes, _ := Scopes("/registry", []string{"secrets"})
+	r, err := Run(context.Background(), &fakeEtcd{kvs: kvs, rev: 1}, Options{Scopes: scopes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.OtherKMSv2 != 1 || r.OtherProviders != 0 || r.Malformed != 0 || r.BadAnnotation != 0 || len(r.LocalKEKs) != 1 {
+		t.Fatalf("%+v", r)
+	}
+	if r.Providers["kms:v2:other-plugin"] != 1 || r.Providers["kms:v2:keywarden"] != 1 || r.KeyIDs["their-key-1"] != 1 {
+		t.Fatalf("providers %v, key_ids %v", r.Providers, r.KeyIDs)
+	}
+}

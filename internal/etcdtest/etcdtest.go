@@ -161,7 +161,24 @@ func KMSValueRoots(t testing.TB, rootKeyIDs ...string) []byte {
 	})
 }
 
+// ForeignKMSValue is a KMS v2 value as another KMS v2 plugin, named
+// provider in the EncryptionConfiguration, leaves it: the golden value's
+// fields under keyID, without keywarden's kek.keywarden.io annotation
+// (every value keywarden writes has one; keywarden refuses to decrypt a
+// value without it).
+func ForeignKMSValue(t testing.TB, provider, keyID string) []byte {
+	t.Helper()
+	return kmsValueAs(t, provider, keyID, nil)
+}
+
 func kmsValue(t testing.TB, keyID string, annotation func(rootCT []byte) ([]byte, error)) []byte {
+	t.Helper()
+	return kmsValueAs(t, "keywarden", keyID, annotation)
+}
+
+// kmsValueAs re-encodes the golden g1 value under provider and keyID, with
+// keywarden's annotation made by annotation, or dropped if it is nil.
+func kmsValueAs(t testing.TB, provider, keyID string, annotation func(rootCT []byte) ([]byte, error)) []byte {
 	t.Helper()
 	const prefix = "k8s:enc:kms:v2:keywarden:"
 	v := GoldenValues(t)["/registry/secrets/default/g1"]
@@ -169,7 +186,7 @@ func kmsValue(t testing.TB, keyID string, annotation func(rootCT []byte) ([]byte
 		t.Fatal("etcdtest: golden g1 is not a keywarden KMS v2 value")
 	}
 	b := v[len(prefix):]
-	out := []byte(prefix)
+	out := []byte("k8s:enc:kms:v2:" + provider + ":")
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -189,6 +206,9 @@ func kmsValue(t testing.TB, keyID string, annotation func(rootCT []byte) ([]byte
 		case 4: // an annotation: map entry {1: key, 2: value}
 			entry, _ := protowire.ConsumeBytes(field)
 			k, val := annotationEntry(t, entry)
+			if k == envelope.AnnotationKey && annotation == nil {
+				continue
+			}
 			if k == envelope.AnnotationKey {
 				_, rootCT, err := envelope.DecodeKEK(val)
 				if err != nil {
