@@ -265,6 +265,15 @@ type kmsProvider struct {
 	Name       string `yaml:"name"`
 	Endpoint   string `yaml:"endpoint"`
 	Timeout    string `yaml:"timeout"`
+	CacheSize  int    `yaml:"cachesize"` // KMS v1 only
+}
+
+// staticKeys is an aescbc, aesgcm or secretbox entry.
+type staticKeys struct {
+	Keys []struct {
+		Name   string `yaml:"name"`
+		Secret string `yaml:"secret"`
+	} `yaml:"keys"`
 }
 
 type encryptionConfig struct {
@@ -273,14 +282,11 @@ type encryptionConfig struct {
 	Resources  []struct {
 		Resources []string `yaml:"resources"`
 		Providers []struct {
-			KMS      *kmsProvider `yaml:"kms"`
-			Identity *struct{}    `yaml:"identity"`
-			AESCBC   *struct {
-				Keys []struct {
-					Name   string `yaml:"name"`
-					Secret string `yaml:"secret"`
-				} `yaml:"keys"`
-			} `yaml:"aescbc"`
+			KMS       *kmsProvider `yaml:"kms"`
+			Identity  *struct{}    `yaml:"identity"`
+			AESCBC    *staticKeys  `yaml:"aescbc"`
+			AESGCM    *staticKeys  `yaml:"aesgcm"`
+			Secretbox *staticKeys  `yaml:"secretbox"`
 		} `yaml:"providers"`
 	} `yaml:"resources"`
 }
@@ -292,12 +298,18 @@ func (c encryptionConfig) providerKinds() []string {
 		var kinds []string
 		for _, p := range r.Providers {
 			switch {
-			case p.KMS != nil:
+			case p.KMS != nil && p.KMS.Name == providerName:
 				kinds = append(kinds, "kms")
+			case p.KMS != nil:
+				kinds = append(kinds, "other-kms-"+p.KMS.APIVersion)
 			case p.Identity != nil:
 				kinds = append(kinds, "identity")
 			case p.AESCBC != nil:
 				kinds = append(kinds, "aescbc")
+			case p.AESGCM != nil:
+				kinds = append(kinds, "aesgcm")
+			case p.Secretbox != nil:
+				kinds = append(kinds, "secretbox")
 			default:
 				kinds = append(kinds, "?")
 			}
@@ -332,6 +344,10 @@ var encryptionConfigs = []struct {
 	{"secrets-configmaps.yaml", []string{"secrets,configmaps: kms identity"}},
 	{"all-resources.yaml", []string{"events: identity", "*.*: kms identity"}},
 	{"migrate-from-aescbc.yaml", []string{"secrets: kms aescbc identity"}},
+	{"migrate-from-aesgcm.yaml", []string{"secrets: kms aesgcm identity"}},
+	{"migrate-from-secretbox.yaml", []string{"secrets: kms secretbox identity"}},
+	{"migrate-from-kms-v2.yaml", []string{"secrets: kms other-kms-v2 identity"}},
+	{"migrate-from-kms-v1.yaml", []string{"secrets: kms other-kms-v1 identity"}},
 	{"decommission.yaml", []string{"secrets: identity kms"}},
 	{"identity-only.yaml", []string{"secrets: identity"}},
 }
@@ -361,17 +377,30 @@ func TestEncryptionConfigs(t *testing.T) {
 			}
 			for _, r := range ec.Resources {
 				for _, p := range r.Providers {
-					if p.KMS != nil {
+					switch {
+					case p.KMS != nil && p.KMS.Name == providerName:
 						want := kmsProvider{APIVersion: "v2", Name: providerName, Endpoint: sock, Timeout: "3s"}
 						if *p.KMS != want {
 							t.Errorf("kms provider %+v, want %+v (the static pod's socket)", *p.KMS, want)
 						}
+					case p.KMS != nil:
+						// Another plugin, being migrated from: a placeholder
+						// name and socket of its own, never keywarden's.
+						if !strings.HasPrefix(p.KMS.Name, "REPLACE") || !strings.HasPrefix(p.KMS.Endpoint, "unix:///REPLACE/") {
+							t.Errorf("old plugin %+v: its name and endpoint must be REPLACE placeholders", *p.KMS)
+						}
+						if (p.KMS.APIVersion == "v1") != (p.KMS.CacheSize > 0) {
+							t.Errorf("old plugin %+v: cachesize is for KMS v1 only", *p.KMS)
+						}
 					}
-					if p.AESCBC != nil {
-						for _, k := range p.AESCBC.Keys {
+					for kind, keys := range map[string]*staticKeys{"aescbc": p.AESCBC, "aesgcm": p.AESGCM, "secretbox": p.Secretbox} {
+						if keys == nil {
+							continue
+						}
+						for _, k := range keys.Keys {
 							b, err := base64.StdEncoding.DecodeString(k.Secret)
 							if err != nil || len(b) != 32 {
-								t.Errorf("aescbc key %s: not 32 bytes of base64", k.Name)
+								t.Errorf("%s key %s: not 32 bytes of base64", kind, k.Name)
 							}
 						}
 					}

@@ -78,8 +78,12 @@ type docRunner struct {
 func (r *docRunner) run(t *testing.T, ctx context.Context, text string) (string, error) {
 	t.Helper()
 	state := filepath.Join(r.dir, "vars.sh")
-	script := fmt.Sprintf("set -eo pipefail\nas65532() { \"$@\"; }\nif [ -f %[1]s ]; then source %[1]s; fi\n%[2]s\n{ declare -p %[3]s 2>/dev/null || true; } > %[1]s.tmp\nmv %[1]s.tmp %[1]s\n",
-		state, text, strings.Join(r.vars, " "))
+	keep := "true" // with no names, declare -p would print every variable, readonly ones too
+	if len(r.vars) > 0 {
+		keep = "declare -p " + strings.Join(r.vars, " ")
+	}
+	script := fmt.Sprintf("set -eo pipefail\nas65532() { \"$@\"; }\nif [ -f %[1]s ]; then source %[1]s; fi\n%[2]s\n{ %[3]s 2>/dev/null || true; } > %[1]s.tmp\nmv %[1]s.tmp %[1]s\n",
+		state, text, keep)
 	cmd := exec.CommandContext(ctx, "bash", "-c", script)
 	cmd.Dir = r.dir
 	cmd.Env = append(os.Environ(), r.env...)
