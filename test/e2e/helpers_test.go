@@ -9,6 +9,8 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -203,4 +205,19 @@ func waitForWriteKeyID(t *testing.T, ctx context.Context, c *cluster.Etcd, a *cl
 		t.Fatalf("apiserver writes under key %s: %v", keyID, err)
 	}
 	return time.Since(start)
+}
+
+// repoFile returns the text of a file of this repository, by its path
+// from the repository root ("docs", "rotation.md").
+func repoFile(t *testing.T, elem ...string) string {
+	t.Helper()
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(append([]string{root}, elem...)...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

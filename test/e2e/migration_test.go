@@ -30,15 +30,7 @@ const migrationMarker = "<!-- run by test/e2e TestMigrateToKeywarden"
 // carry migrationMarker just above it.
 func migrationBlocks(t *testing.T) []string {
 	t.Helper()
-	root, err := cluster.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(filepath.Join(root, "docs", "migration.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := string(b)
+	s := repoFile(t, "docs", "migration.md")
 	var out []string
 	for _, m := range shFence.FindAllStringSubmatchIndex(s, -1) {
 		above := strings.TrimSpace(s[max(0, m[0]-200):m[0]])
@@ -78,10 +70,6 @@ func TestMigrateToKeywarden(t *testing.T) {
 	if len(blocks) != 4 {
 		t.Fatalf("docs/migration.md has %d sh blocks, want 4 (variables, audit before, migrate, audit after)", len(blocks))
 	}
-	root, err := cluster.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "encryption-config.yaml")
 	install := func(t *testing.T, b []byte) {
@@ -112,15 +100,12 @@ func TestMigrateToKeywarden(t *testing.T) {
 	}
 	template := func(t *testing.T, file string) string {
 		t.Helper()
-		b, err := os.ReadFile(filepath.Join(root, "deploy", "encryption", file))
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := repoFile(t, "deploy", "encryption", file)
 		const endpoint = "endpoint: unix:///run/keywarden/kms.sock"
-		if !strings.Contains(string(b), endpoint) {
+		if !strings.Contains(b, endpoint) {
 			t.Fatalf("%s: no %q", file, endpoint)
 		}
-		return strings.ReplaceAll(string(b), endpoint, "endpoint: "+c.Keywarden.Socket)
+		return strings.ReplaceAll(b, endpoint, "endpoint: "+c.Keywarden.Socket)
 	}
 
 	r := &docRunner{dir: dir, env: []string{

@@ -36,15 +36,7 @@ type moveBlock struct {
 // each checked to carry the node test's skip marker.
 func moveBlocks(t *testing.T) []moveBlock {
 	t.Helper()
-	root, err := cluster.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(filepath.Join(root, "docs", "rotation.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := string(b)
+	s := repoFile(t, "docs", "rotation.md")
 	i := strings.Index(s, "\n"+moveSection+"\n")
 	if i < 0 {
 		t.Fatalf("docs/rotation.md has no %q section", moveSection)

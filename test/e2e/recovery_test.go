@@ -28,14 +28,7 @@ import (
 // the test runs the operators' command line, so the docs cannot drift.
 func docCommand(t *testing.T, prefix string) []string {
 	t.Helper()
-	root, err := cluster.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc, err := os.ReadFile(filepath.Join(root, "docs", "disaster-recovery.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	doc := []byte(repoFile(t, "docs", "disaster-recovery.md"))
 	re := regexp.MustCompile("(?m)(?:^|`)(" + regexp.QuoteMeta(prefix) + "[^`\n]*)")
 	m := re.FindSubmatch(doc)
 	if m == nil {
