@@ -361,6 +361,34 @@ func TestE2ESidecar(t *testing.T) {
 		t.Fatal(err)
 	}
 	secretsRoundTrip(t, c, "sidecar-b")
+
+	// auth=kubernetes: the same token, checked by Vault through the
+	// apiserver's TokenReview; a second keywarden must become ready on it.
+	if err := admin.Sys().EnableAuthWithOptions("kubernetes", &vaultapi.EnableAuthOptions{Type: "kubernetes"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Logical().Write("auth/kubernetes/config", map[string]any{
+		"kubernetes_host": c.APIServer.URL, "kubernetes_ca_cert": string(c.APIServer.CA),
+		"token_reviewer_jwt": c.APIServer.Token,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Logical().Write("auth/kubernetes/role/"+q.Get("role"), map[string]any{
+		"bound_service_account_names": []string{sa}, "bound_service_account_namespaces": []string{"default"},
+		"audience": "vault", "token_policies": []string{"keywarden"}, "token_ttl": "1h",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	kq := ks.Query()
+	kq.Set("auth", "kubernetes")
+	k8sURI := *ks
+	k8sURI.RawQuery = kq.Encode()
+	k8sArgs := []string{"--listen=unix://" + filepath.Join(root, "k8s", "kms.sock"), "--keystore=" + k8sURI.String()}
+	k8sArgs = append(k8sArgs, freeAddrs(t, []string{"--metrics-addr=127.0.0.1:0", "--health-addr=127.0.0.1:0"})...)
+	if err := os.Mkdir(filepath.Join(root, "k8s"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	startKeywardenArgs(t, tools, filepath.Join(root, "k8s"), k8sArgs)
 	if got := kubectl(t, c, "", "get", "secret", "sidecar-a", "-o", "jsonpath={.data.v}"); got != b64("value-sidecar-a") {
 		t.Errorf("after rotation, sidecar-a reads %q", got)
 	}
