@@ -18,7 +18,7 @@ import (
 
 // tokens keeps the Vault token current. A token from token-file is re-read
 // whenever the file changes (Vault Agent or an operator renews it there);
-// a token from an AppRole or cert login belongs to us: it is renewed once
+// a token from an AppRole, cert, JWT or Kubernetes login belongs to us: it is renewed once
 // two thirds of its TTL have passed, and replaced by a new login when it can
 // no longer be renewed.
 type tokens struct {
@@ -109,6 +109,14 @@ func (t *tokens) loginLocked(ctx context.Context) error {
 			return err
 		}
 		data = map[string]any{"role_id": roleID, "secret_id": secretID}
+	case authJWT, authKubernetes:
+		// Read at every login: a projected service-account token is
+		// replaced by the kubelet well before it expires.
+		jwt, err := readSecretFile("jwt-file", t.cfg.jwtFile)
+		if err != nil {
+			return err
+		}
+		data = map[string]any{"role": t.cfg.role, "jwt": jwt}
 	case authCert:
 		data = map[string]any{}
 		if t.cfg.certRole != "" {

@@ -22,6 +22,11 @@ const (
 	authToken   authMethod = "token"
 	authAppRole authMethod = "approle"
 	authCert    authMethod = "cert"
+	// authJWT and authKubernetes log in with a JWT read from jwt-file= (a
+	// projected service-account token): Vault's auth/jwt checks its
+	// signature itself, auth/kubernetes asks the cluster (TokenReview).
+	authJWT        authMethod = "jwt"
+	authKubernetes authMethod = "kubernetes"
 )
 
 // config is the typed form of an hcvault:// URI. It holds paths to secrets,
@@ -40,6 +45,8 @@ type config struct {
 	secretIDFile string
 	authMount    string // approle or cert mount
 	certRole     string
+	jwtFile      string // auth=jwt or kubernetes: re-read at every login
+	role         string // auth=jwt or kubernetes: the Vault role
 
 	remote.Options
 }
@@ -50,7 +57,7 @@ const maxSecretFile = 16 << 10
 var knownParams = map[string]bool{
 	"tls": true, "ca-file": true, "cert-file": true, "key-file": true, "server-name": true,
 	"namespace": true, "auth": true, "token-file": true, "role-id-file": true, "secret-id-file": true,
-	"auth-mount": true, "cert-role": true,
+	"auth-mount": true, "cert-role": true, "jwt-file": true, "role": true,
 }
 
 func parseURI(s string) (config, error) {
@@ -118,6 +125,7 @@ func parseURI(s string) (config, error) {
 	}
 
 	c.tokenFile, c.roleIDFile, c.secretIDFile = q.Get("token-file"), q.Get("role-id-file"), q.Get("secret-id-file")
+	c.jwtFile, c.role = q.Get("jwt-file"), q.Get("role")
 	c.auth = authMethod(q.Get("auth"))
 	if c.auth == "" {
 		switch {
@@ -126,7 +134,7 @@ func parseURI(s string) (config, error) {
 		case c.roleIDFile != "" || c.secretIDFile != "":
 			c.auth = authAppRole
 		default:
-			return bad("no credentials: set token-file=, role-id-file= and secret-id-file=, or auth=cert with cert-file= and key-file=")
+			return bad("no credentials: set token-file=, role-id-file= and secret-id-file=, auth=jwt or auth=kubernetes with jwt-file= and role=, or auth=cert with cert-file= and key-file=")
 		}
 	}
 	switch c.auth {
@@ -144,8 +152,16 @@ func parseURI(s string) (config, error) {
 			return bad("auth=cert needs TLS with cert-file= and key-file=, and no other credentials")
 		}
 		c.authMount = "cert"
+	case authJWT, authKubernetes:
+		if c.jwtFile == "" || c.role == "" || c.tokenFile != "" || c.roleIDFile != "" || c.secretIDFile != "" {
+			return bad("auth=%s needs jwt-file= and role=, and no other credentials", c.auth)
+		}
+		c.authMount = string(c.auth)
 	default:
-		return bad("auth=%q: want token, approle or cert", c.auth)
+		return bad("auth=%q: want token, approle, cert, jwt or kubernetes", c.auth)
+	}
+	if (c.jwtFile != "" || c.role != "") && c.auth != authJWT && c.auth != authKubernetes {
+		return bad("jwt-file= and role= go with auth=jwt or auth=kubernetes")
 	}
 	if m := q.Get("auth-mount"); m != "" {
 		if c.auth == authToken {
@@ -153,7 +169,7 @@ func parseURI(s string) (config, error) {
 		}
 		c.authMount = strings.Trim(m, "/")
 	}
-	for _, f := range []string{c.tokenFile, c.roleIDFile, c.secretIDFile} {
+	for _, f := range []string{c.tokenFile, c.roleIDFile, c.secretIDFile, c.jwtFile} {
 		if f != "" && !strings.HasPrefix(f, "/") {
 			return bad("file %q must be an absolute path", f)
 		}

@@ -86,6 +86,11 @@ func FuzzParseURI(f *testing.F) {
 		"hcvault://v:8200/transit/keys/kw?token-file=" + tok + "&role-id-file=/r&secret-id-file=/s",
 		"hcvault://v:8200/transit/keys/kw?role-id-file=/r",
 		"hcvault://v:8200/transit/keys/kw?auth=cert",
+		"hcvault://v:8200/transit/keys/kw?auth=jwt&jwt-file=/var/run/secrets/vault/token&role=keywarden",
+		"hcvault://v:8200/transit/keys/kw?auth=kubernetes&jwt-file=/t&role=kw&auth-mount=k8s/c1",
+		"hcvault://v:8200/transit/keys/kw?auth=jwt&jwt-file=/t",
+		"hcvault://v:8200/transit/keys/kw?auth=jwt&role=kw&jwt-file=t",
+		"hcvault://v:8200/transit/keys/kw?token-file=/t&role=kw",
 		"hcvault://v:8200/transit/keys/kw?token-file=token",
 		"hcvault://v:8200/transit/keys/kw?token-file=" + tok + "&tokenfile=x",
 		"hcvault://v:8200/transit/keys/kw?token-file=" + tok + "&token-file=" + tok,
@@ -120,7 +125,7 @@ func FuzzParseURI(f *testing.F) {
 			t.Fatalf("%q: mount %q key %q", s, c.mount, c.name)
 		}
 		creds := 0
-		for _, p := range []string{c.tokenFile, c.roleIDFile, c.secretIDFile} {
+		for _, p := range []string{c.tokenFile, c.roleIDFile, c.secretIDFile, c.jwtFile} {
 			if p != "" {
 				creds++
 				if !filepath.IsAbs(p) {
@@ -130,7 +135,7 @@ func FuzzParseURI(f *testing.F) {
 		}
 		switch c.auth {
 		case authToken:
-			if c.tokenFile == "" || creds != 1 {
+			if c.tokenFile == "" || creds != 1 || c.role != "" {
 				t.Fatalf("%q: token auth with %+v", s, c)
 			}
 		case authAppRole:
@@ -140,6 +145,10 @@ func FuzzParseURI(f *testing.F) {
 		case authCert:
 			if c.tls == nil || len(c.tls.Certificates) == 0 || creds != 0 {
 				t.Fatalf("%q: cert auth with %+v", s, c)
+			}
+		case authJWT, authKubernetes:
+			if c.jwtFile == "" || c.role == "" || creds != 1 || c.authMount == "" {
+				t.Fatalf("%q: %s auth with %+v", s, c.auth, c)
 			}
 		default:
 			t.Fatalf("%q: auth %q", s, c.auth)

@@ -50,6 +50,16 @@ func TestParseURI(t *testing.T) {
 				t.Fatalf("got %+v", c)
 			}
 		}},
+		{name: "jwt", uri: "hcvault://v:8200/transit/keys/kw?auth=jwt&jwt-file=/var/run/secrets/vault/token&role=kw", check: func(t *testing.T, c config) {
+			if c.auth != authJWT || c.authMount != "jwt" || c.jwtFile != "/var/run/secrets/vault/token" || c.role != "kw" {
+				t.Fatalf("got %+v", c)
+			}
+		}},
+		{name: "kubernetes", uri: "hcvault://v:8200/transit/keys/kw?auth=kubernetes&jwt-file=/t&role=kw&auth-mount=/k8s/c1/", check: func(t *testing.T, c config) {
+			if c.auth != authKubernetes || c.authMount != "k8s/c1" || c.jwtFile != "/t" || c.role != "kw" {
+				t.Fatalf("got %+v", c)
+			}
+		}},
 		{name: "durations", uri: "hcvault://v:8200/transit/keys/kw?token-file=" + tok + "&timeout=2s&key-id-ttl=30s", check: func(t *testing.T, c config) {
 			if c.Timeout != 2*time.Second || c.KeyIDTTL != 30*time.Second {
 				t.Fatalf("got %+v", c)
@@ -67,6 +77,11 @@ func TestParseURI(t *testing.T) {
 		{name: "no credentials", uri: "hcvault://v:8200/transit/keys/kw", wantErr: true},
 		{name: "two credentials", uri: "hcvault://v:8200/transit/keys/kw?token-file=" + tok + "&role-id-file=/r&secret-id-file=/s", wantErr: true},
 		{name: "half approle", uri: "hcvault://v:8200/transit/keys/kw?role-id-file=/r", wantErr: true},
+		{name: "jwt without role", uri: "hcvault://v:8200/transit/keys/kw?auth=jwt&jwt-file=/t", wantErr: true},
+		{name: "jwt without file", uri: "hcvault://v:8200/transit/keys/kw?auth=kubernetes&role=kw", wantErr: true},
+		{name: "jwt relative file", uri: "hcvault://v:8200/transit/keys/kw?auth=jwt&role=kw&jwt-file=t", wantErr: true},
+		{name: "jwt and token", uri: "hcvault://v:8200/transit/keys/kw?auth=jwt&role=kw&jwt-file=/t&token-file=" + tok, wantErr: true},
+		{name: "role with token", uri: "hcvault://v:8200/transit/keys/kw?token-file=" + tok + "&role=kw", wantErr: true},
 		{name: "cert without cert", uri: "hcvault://v:8200/transit/keys/kw?auth=cert", wantErr: true},
 		{name: "relative file", uri: "hcvault://v:8200/transit/keys/kw?token-file=token", wantErr: true},
 		{name: "unknown param", uri: "hcvault://v:8200/transit/keys/kw?token-file=" + tok + "&tokenfile=x", wantErr: true},
