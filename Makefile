@@ -119,8 +119,11 @@ $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION):
 	GOBIN=$(CURDIR)/$(TOOLS) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	mv $(TOOLS)/golangci-lint $@
 
+# Twice: the default build, then with the e2e and node tests' build tags
+# (their files are compiled only under those tags).
 golangci-lint: $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 	env GOTOOLCHAIN=$(GOTOOLCHAIN_PIN) $< run ./...
+	env GOTOOLCHAIN=$(GOTOOLCHAIN_PIN) $< run --build-tags e2e,node ./...
 
 # govulncheck against an offline copy of the Go vulnerability database,
 # built from the golang.org/x/vulndb module (pinned in hack/vulncheck.sh).

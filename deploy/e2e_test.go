@@ -153,8 +153,9 @@ func TestE2EStaticPodDryRun(t *testing.T) {
 	}
 }
 
-// TestE2EEncryptionConfigs loads every file of deploy/encryption into a real
-// kube-apiserver, in the order of a cluster's life: Secrets under a static
+// TestE2EEncryptionConfigs loads the files of deploy/encryption into a real
+// kube-apiserver, in the order of a cluster's life (the other migrate-from-*
+// templates are loaded by test/e2e's TestMigrateToKeywarden): Secrets under a static
 // aescbc key; the migration configuration; keywarden for Secrets;
 // decommission; identity only; then keywarden again for Secrets and
 // ConfigMaps, and for everything but Events. After each restart, a new object must be stored as the file says and

@@ -250,6 +250,7 @@ func newAuditCmd(g *globals) *cobra.Command {
 		failOnKeys  []string
 		failOnSole  []string
 		failOnOther bool
+		kwProviders []string
 	)
 	cmd := &cobra.Command{
 		Use:   "audit",
@@ -300,8 +301,14 @@ resource nobody thought of, is still under the key.`,
 			if failPlain && a.Plaintext+a.Unrecognized > 0 {
 				a.Gates = append(a.Gates, fmt.Sprintf("%d plaintext and %d unrecognized objects (--fail-on-plaintext)", a.Plaintext, a.Unrecognized))
 			}
-			if failOnOther && a.OtherProviders+a.OtherKMSv2 > 0 {
-				a.Gates = append(a.Gates, fmt.Sprintf("%d objects under other providers, %d of them from another KMS v2 plugin (--fail-on-other-providers)", a.OtherProviders+a.OtherKMSv2, a.OtherKMSv2))
+			if failOnOther {
+				if a.OtherProviders+a.OtherKMSv2 > 0 {
+					a.Gates = append(a.Gates, fmt.Sprintf("%d objects under other providers, %d of them from another KMS v2 plugin (--fail-on-other-providers)", a.OtherProviders+a.OtherKMSv2, a.OtherKMSv2))
+				}
+				if names := otherKMSv2Names(a.Providers, kwProviders); len(names) > 0 {
+					a.Gates = append(a.Gates, fmt.Sprintf("objects under KMS v2 providers that are not keywarden's (%s; --keywarden-provider names keywarden's: %s) (--fail-on-other-providers)",
+						strings.Join(names, ", "), strings.Join(kwProviders, ",")))
+				}
 			}
 			for _, k := range failOnKeys {
 				if n := a.InUse(k); n > 0 {
@@ -327,6 +334,22 @@ resource nobody thought of, is still under the key.`,
 	cmd.Flags().BoolVar(&failPlain, "fail-on-plaintext", false, "exit 3 if any object is stored in plaintext (or unrecognized)")
 	cmd.Flags().StringSliceVar(&failOnKeys, "fail-on-key", nil, "exit 3 if any object is stored under this key_id (repeatable)")
 	cmd.Flags().StringSliceVar(&failOnSole, "fail-on-sole-key", nil, "exit 3 if any object can be read only through this root key_id, i.e. has no copy under another root (repeatable)")
-	cmd.Flags().BoolVar(&failOnOther, "fail-on-other-providers", false, "exit 3 if any object is under aescbc, aesgcm, secretbox, KMS v1 or another KMS v2 plugin (a KMS v2 value without keywarden's annotation)")
+	cmd.Flags().BoolVar(&failOnOther, "fail-on-other-providers", false, "exit 3 if any object is under aescbc, aesgcm, secretbox, KMS v1 or another KMS v2 plugin (a KMS v2 value without keywarden's annotation, or under a provider name not in --keywarden-provider)")
+	cmd.Flags().StringSliceVar(&kwProviders, "keywarden-provider", []string{"keywarden"}, "keywarden's provider name(s) in the EncryptionConfiguration, for --fail-on-other-providers (repeatable)")
 	return cmd
+}
+
+// otherKMSv2Names lists "kms:v2:<name> N" for each KMS v2 provider name in
+// providers (audit's per-label counts) that is not one of keywarden's:
+// objects kube-apiserver reads only through a plugin by that name, even
+// when that plugin was keywarden under an older name.
+func otherKMSv2Names(providers map[string]int, keywarden []string) []string {
+	var out []string
+	for _, label := range sortedKeys(providers) {
+		name, ok := strings.CutPrefix(label, "kms:v2:")
+		if ok && providers[label] > 0 && !slices.Contains(keywarden, name) {
+			out = append(out, fmt.Sprintf("%s %d", label, providers[label]))
+		}
+	}
+	return out
 }

@@ -27,6 +27,12 @@ func TestAuditCommand(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// KMS v2 values alone under a prefix of their own, for a scoped gate.
+	for _, k := range []string{"g1", "g2", "g3", "g4"} {
+		if _, err := c.Put(context.Background(), "/registry/kmsonly/default/"+k, string(golden["/registry/secrets/default/"+k])); err != nil {
+			t.Fatal(err)
+		}
+	}
 	base := []string{"audit", "--etcd-endpoints", url, "--resources", "secrets,configmaps"}
 	r := run(t, "", false, append(base, "-o", "json")...)
 	var a auditOut
@@ -50,7 +56,7 @@ func TestAuditCommand(t *testing.T) {
 		{"key gate hit", []string{"--fail-on-key", goldenKey1}, exitProblem},
 		{"key gate miss", []string{"--fail-on-key", "tink:1:unused"}, 0},
 		{"other providers gate", []string{"--fail-on-other-providers"}, exitProblem},
-		{"plaintext gate, kms-only scope", []string{"--fail-on-plaintext", "--resources", "/registry/secrets/default/g"}, 0},
+		{"plaintext gate, kms-only scope", []string{"--fail-on-plaintext", "--resources", "/registry/kmsonly"}, 0},
 		{"yaml", []string{"-o", "yaml"}, 0},
 	}
 	for _, tt := range tests {
@@ -61,6 +67,15 @@ func TestAuditCommand(t *testing.T) {
 			}
 			if r := run(t, "", false, args...); r.code != tt.code {
 				t.Fatalf("exit %d, want %d: %s", r.code, tt.code, r.stderr)
+			}
+			if tt.name == "plaintext gate, kms-only scope" {
+				// The scope holds the four KMS v2 values: the gate
+				// passed on them, not on an empty scope.
+				r := run(t, "", false, append(args, "-o", "json")...)
+				var a auditOut
+				if r.code != 0 || json.Unmarshal([]byte(r.stdout), &a) != nil || a.Objects != 4 || len(a.KeyIDs) == 0 {
+					t.Fatalf("kms-only scope read %d objects, want 4: %+v", a.Objects, r)
+				}
 			}
 		})
 	}
@@ -179,5 +194,17 @@ func TestAuditOtherKMSv2Plugin(t *testing.T) {
 	}
 	if r := run(t, "", false, args...); r.code != 0 {
 		t.Fatalf("keywarden's values only: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	// keywarden's own value, but under a provider name the
+	// configuration no longer has: only a plugin by that name reads it.
+	if _, err := c.Put(ctx, "/registry/secrets/default/renamed", string(etcdtest.KMSValueAs(t, "keywarden-old", goldenKey1))); err != nil {
+		t.Fatal(err)
+	}
+	r = run(t, "", false, args...)
+	if r.code != exitProblem || !strings.Contains(r.stderr, "kms:v2:keywarden-old 1") {
+		t.Fatalf("keywarden's value under another name: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if r := run(t, "", false, append(args, "--keywarden-provider", "keywarden,keywarden-old")...); r.code != 0 {
+		t.Fatalf("both names given as keywarden's: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
 }

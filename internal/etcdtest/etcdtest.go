@@ -171,6 +171,13 @@ func ForeignKMSValue(t testing.TB, provider, keyID string) []byte {
 	return kmsValueAs(t, provider, keyID, nil)
 }
 
+// KMSValueAs is KMSValue stored under another provider name: keywarden
+// configured in the EncryptionConfiguration as provider.
+func KMSValueAs(t testing.TB, provider, keyID string) []byte {
+	t.Helper()
+	return kmsValueAs(t, provider, keyID, func(rootCT []byte) ([]byte, error) { return envelope.EncodeKEK(keyID, rootCT) })
+}
+
 func kmsValue(t testing.TB, keyID string, annotation func(rootCT []byte) ([]byte, error)) []byte {
 	t.Helper()
 	return kmsValueAs(t, "keywarden", keyID, annotation)

@@ -195,7 +195,7 @@ func TestRecoverFromSnapshot(t *testing.T) {
 	if rep.Decrypted != kms || rep.Written != kms {
 		t.Fatalf("recover: %+v, want %d decrypted and written", rep, kms)
 	}
-	if bytes.Contains(out, []byte(want["many"].Data["a"])) {
+	if bytes.Contains(out, want["many"].Data["a"]) {
 		t.Fatal("kmsctl recover printed plaintext")
 	}
 	outDir := ""
