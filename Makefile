@@ -28,7 +28,7 @@ LEAN_TAGS       := noaws,nogcp,noazure,novault
 
 .PHONY: all build build-nopkcs11 build-lean run test check unit unit-short fuzz lint fmt vet golangci-lint vulncheck \
         actionlint release release-check test-arm64 \
-        bench bench-socket bench-keystores bench-quick bench-apiserver soak e2e-tools node-tools vault-tools e2e e2e-suite e2e-deploy outage-start outage-wait node-images e2e-node e2e-node-if-enabled faults faults-update image clean kind-up kind-e2e kind-down
+        bench bench-socket bench-keystores bench-quick bench-apiserver soak e2e-tools node-tools vault-tools e2e e2e-suite e2e-suite-lane e2e-deploy outage-start outage-wait node-images e2e-node e2e-node-if-enabled faults faults-update image clean kind-up kind-e2e kind-down
 
 all: build
 
@@ -61,7 +61,8 @@ run: build
 # table of each step's wall-clock time (bin/steps/times.tsv).
 #   foreground: lint e2e-tools outage-start unit fuzz e2e-suite e2e-node-if-enabled
 #   background: node-images (with KEYWARDEN_E2E_NODE=1) build-lean
-#   test-arm64 fips release-check, one after another; e2e-deploy
+#   test-arm64 fips release-check, one after another; e2e-deploy then
+#   e2e-suite-lane (two test/e2e scenarios; e2e-suite skips them)
 #   then outage-wait.
 # test-arm64, fips and release-check (issue 16): the arm64 unit tests under
 # qemu, FIPS 140-3 mode (docs/fips.md), and make release checked and rebuilt
@@ -217,7 +218,14 @@ E2E_PKGS ?= ./test/e2e/...
 e2e: e2e-suite e2e-deploy
 
 e2e-suite: build e2e-tools
-	$(GO) test -count=1 -timeout 30m -tags e2e $(E2E_PKGS) -v
+	$(GO) test -count=1 -timeout 30m -tags e2e $(if $(E2E_SPLIT),-skip '$(E2E_LANE_TESTS)') $(E2E_PKGS) -v
+
+# make test (E2E_SPLIT=1) runs these test/e2e scenarios in a background
+# lane, beside the rest of the suite: each starts its own etcd and
+# kube-apiserver and shares nothing with the others.
+E2E_LANE_TESTS := ^(TestMigrateToKeywarden|TestKmsctlMigrateSVM)$$
+e2e-suite-lane: build e2e-tools
+	$(GO) test -count=1 -timeout 30m -tags e2e -run '$(E2E_LANE_TESTS)' ./test/e2e/ -v
 
 # deploy's manifests and EncryptionConfigurations on a real kube-apiserver.
 e2e-deploy: build e2e-tools

@@ -12,7 +12,9 @@
 #     checks: node-images (where the node test runs), build-lean,
 #       test-arm64, fips, release-check, one after another; the node test
 #       waits for node-images only
-#     e2e-deploy: deploy's TestE2E* against a real kube-apiserver
+#     e2e-deploy: deploy's TestE2E* against a real kube-apiserver, then
+#       e2e-suite-lane, two test/e2e scenarios the foreground skips
+#       (E2E_SPLIT=1), once the foreground has compiled test/e2e
 #   TestKeystoreOutage: from outage-start, collected by outage-wait.
 #
 # Each step runs as `make <step>`. bin/ and the e2e tools are made once, by
@@ -133,8 +135,8 @@ if [ "${KEYWARDEN_E2E_NODE:-}" = 1 ]; then
 	checks=(node-images "${checks[@]}")
 fi
 lane checks "${checks[@]}"
-lane e2e-deploy e2e-deploy
-fg e2e-suite -o build -o e2e-tools E2E_PKGS=./test/e2e/
+lane e2e-deploy e2e-deploy e2e-suite-lane
+fg e2e-suite -o build -o e2e-tools E2E_PKGS=./test/e2e/ E2E_SPLIT=1
 if [ "$node" = 1 ]; then
 	await node-images
 	fg e2e-node-if-enabled NODE_IMAGES_BUILT=1

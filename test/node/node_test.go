@@ -309,6 +309,12 @@ kind: KubeletConfiguration
 cgroupDriver: cgroupfs
 # This machine has a cgroup v1 hierarchy; kubelet 1.35+ refuses it otherwise.
 failCgroupV1: false
+# No registry is reachable: the images imported before kubeadm init are all
+# there will ever be. With the disk above the default 85%, the kubelet's
+# image GC deleted the pause image while the reboot step had every
+# container down (containerd 1.6 does not pin the sandbox image), and no
+# pod could start again. 100 turns image GC off.
+imageGCHighThresholdPercent: 100
 `
 	p := filepath.Join(workRoot, "kubeadm.yaml")
 	if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
