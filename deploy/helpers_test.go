@@ -268,3 +268,14 @@ func readFile(t *testing.T, name string) string {
 	}
 	return string(b)
 }
+
+// wantValues checks each path of o (as get takes it) against its value;
+// name prefixes the paths in errors.
+func (o obj) wantValues(t *testing.T, name string, want map[string]any) {
+	t.Helper()
+	for p, v := range want {
+		if got := o.get(t, p); got != v {
+			t.Errorf("%s.%s = %v, want %v", name, p, got, v)
+		}
+	}
+}

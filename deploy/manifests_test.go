@@ -135,11 +135,7 @@ func TestStaticPod(t *testing.T) {
 		"containers.0.env.0.name":                               "GOMEMLIMIT",
 		"containers.0.env.0.value":                              "100MiB",
 	}
-	for p, v := range want {
-		if got := spec.get(t, p); got != v {
-			t.Errorf("spec.%s = %v, want %v", p, got, v)
-		}
-	}
+	spec.wantValues(t, "spec", want)
 	if spec.has("containers.0.resources.limits.cpu") {
 		t.Error("a CPU limit throttles the Decrypt storm at apiserver start; leave it out")
 	}

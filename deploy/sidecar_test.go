@@ -111,11 +111,7 @@ func TestSidecar(t *testing.T) {
 		"securityContext.runAsGroup":          nonroot,
 		"securityContext.seccompProfile.type": "RuntimeDefault",
 	}
-	for p, v := range want {
-		if got := spec.get(t, p); got != v {
-			t.Errorf("spec.%s = %v, want %v", p, got, v)
-		}
-	}
+	spec.wantValues(t, "spec", want)
 	// With fsGroup, the kubelet makes volume files group-readable and
 	// keywarden's secret-file rule refuses the token; with another user in
 	// a container, the token is not written for keywarden's user.
