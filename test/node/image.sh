@@ -33,6 +33,18 @@
 #   ${KEYWARDEN_TOOLS_CACHE:-$HOME/.cache/keywarden/e2e-tools}/node-bases-<key>/
 # <key>: this script, the Go version and the host's CA bundle. The image
 # itself is built every time, from the working tree.
+#
+# The Dockerfile's cache mounts (/root/.cache/go-build, /go/pkg/mod) are
+# this machine's own Go build and module caches: buildah 1.28 keeps a cache
+# mount at $TMPDIR/buildah-cache/<target>, so a TMPDIR of the build's own
+# whose two targets are symbolic links to `go env GOCACHE` and GOMODCACHE
+# makes them one cache. The builder has the same Go toolchain (a copy of
+# GOROOT), Debian 12's gcc and -trimpath, so its compiles are the same
+# actions as the release's and the vet's (amd64 with cgo; arm64 with
+# Debian's cross gcc): whichever of them runs first compiles, the others
+# reuse. On an empty cache that is two compiles of the dependency graph
+# fewer. KEYWARDEN_IMAGE_HOST_CACHE=0 gives buildah its own cache mounts
+# (in /var/tmp/buildah-cache), as on a builder of its own.
 set -euo pipefail
 
 out="${1:?usage: image.sh <archive to write> [<PKCS#11 variant archive>]}"
@@ -58,7 +70,7 @@ if [[ ! -f "$bases/golang.tar" || ! -f "$bases/runtime.tar" || ! -f "$bases/runt
 	log "no cached base images at ${bases}: making them (debootstrap ${SUITE}, ${goversion})"
 	start=$SECONDS
 	tmp="$(mktemp -d /var/tmp/kw-node-bases.XXXXXX)"
-	trap 'rm -rf "$tmp"' EXIT
+	trap 'rm -rf "${tmp:-}" "${btmp:-}"' EXIT
 	debootstrap --variant=minbase --include=gcc,libc6-dev,ca-certificates,gcc-aarch64-linux-gnu,libc6-dev-arm64-cross "$SUITE" "$tmp/rootfs" "$MIRROR" >"$tmp/debootstrap.log" 2>&1 ||
 		{ tail -20 "$tmp/debootstrap.log"; exit 1; }
 	cp -a "$goroot" "$tmp/rootfs/usr/local/go"
@@ -122,6 +134,15 @@ buildah pull -q "docker-archive:${bases}/golang.tar" >/dev/null
 buildah pull -q "docker-archive:${bases}/runtime.tar" >/dev/null
 buildah pull -q "docker-archive:${bases}/runtime-cc.tar" >/dev/null
 buildah pull -q "docker-archive:${bases}/runtime-arm64.tar" >/dev/null
+if [[ "${KEYWARDEN_IMAGE_HOST_CACHE:-1}" != 0 ]]; then
+	btmp="$(mktemp -d /var/tmp/kw-buildah.XXXXXX)"
+	trap 'rm -rf "${tmp:-}" "${btmp:-}"' EXIT
+	mkdir -p "$btmp/buildah-cache/root/.cache" "$btmp/buildah-cache/go/pkg"
+	ln -s "$($GO env GOCACHE)" "$btmp/buildah-cache/root/.cache/go-build"
+	ln -s "$($GO env GOMODCACHE)" "$btmp/buildah-cache/go/pkg/mod"
+	export TMPDIR="$btmp"
+	log "the Dockerfile's cache mounts are this machine's Go caches ($($GO env GOCACHE), $($GO env GOMODCACHE))"
+fi
 version="$(git -C "$repo" describe --tags --always --dirty 2>/dev/null || echo dev)"
 commit="$(git -C "$repo" rev-parse HEAD)"
 
