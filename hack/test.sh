@@ -7,7 +7,12 @@
 # frozen keystore for 10 minutes) while the CPU-bound checks (FIPS, arm64,
 # the release and its rebuilds) waited their turn. So:
 #
-#   foreground: lint, e2e-tools, outage-start, unit, fuzz, e2e-suite, e2e-node
+#   background from the start: tools: the e2e tools, then (where the node
+#     test runs) the node tools; and, started by .ci/run, Vault's dev
+#     server build (KEYWARDEN_VAULT_START). From empty caches these are long
+#     compiles whose idle gaps (downloads, single-threaded links) lint fills
+#   foreground: lint, then (once the tools and Vault are there)
+#     outage-start, unit, fuzz, e2e-suite, e2e-node
 #   background, started after fuzz (CPU-bound, overlapping the e2e waits):
 #     checks: node-images (where the node test runs), build-lean,
 #       test-arm64, fips, release-check, one after another; the node test
@@ -17,9 +22,9 @@
 #       (E2E_SPLIT=1), once the foreground has compiled test/e2e
 #   TestKeystoreOutage: from outage-start, collected by outage-wait.
 #
-# Each step runs as `make <step>`. bin/ and the e2e tools are made once, by
-# outage-start, before any lane starts: later steps get `-o build -o
-# e2e-tools`, so no two makes write the same binary at once. A background
+# Each step runs as `make <step>`. The e2e tools are made once, by the
+# tools lane, and bin/ by outage-start; the lanes started after them get
+# `-o build -o e2e-tools`, so no two makes write the same binary at once. A background
 # step's output goes to
 # bin/steps/<lane>.log and is printed when the lane is collected. The end is
 # a table of every step's wall-clock time (also bin/steps/times.tsv), the
@@ -64,7 +69,10 @@ fg() {
 
 # lane NAME STEP...: the steps one after another in the background, in a
 # process group of their own (set -m), so stop_lanes can end all of it.
+# Each step runs as `make "${lane_opts[@]}" STEP`, with lane_opts as they
+# are when the lane starts.
 lanes=()
+lane_opts=()
 lane() {
 	local name=$1
 	shift
@@ -72,7 +80,7 @@ lane() {
 		for s in "$@"; do
 			start=$(date +%s)
 			echo "== $s" >>"$dir/$name.log"
-			$MAKE --no-print-directory -o build -o e2e-tools "$s" >>"$dir/$name.log" 2>&1
+			$MAKE --no-print-directory "${lane_opts[@]}" "$s" >>"$dir/$name.log" 2>&1
 			rc=$?
 			record "$s" "$name" $(($(date +%s) - start)) "$rc" >>"$dir/$name.log"
 			echo "$rc" >"$dir/$s.rc"
@@ -122,22 +130,51 @@ collect() {
 	return "$failed"
 }
 
+# await_vault: .ci/run builds and starts Vault's dev server in the
+# background (KEYWARDEN_VAULT_START: the folder where it leaves its log and
+# exit status), beside the tools lane and lint; the steps from outage-start
+# on use it.
+await_vault() {
+	local start rc
+	[ -n "${KEYWARDEN_VAULT_START:-}" ] || return 0
+	start=$(date +%s)
+	until [ -f "$KEYWARDEN_VAULT_START/rc" ]; do sleep 2; done
+	rc=$(cat "$KEYWARDEN_VAULT_START/rc")
+	cat "$KEYWARDEN_VAULT_START/log"
+	record "await vault" foreground $(($(date +%s) - start)) "$rc"
+	if [ "$rc" -ne 0 ]; then
+		stop_lanes
+		collect
+		summary
+		exit "$rc"
+	fi
+}
+
 set -m
+node=0
+[ "${KEYWARDEN_E2E_NODE:-}" = 1 ] && node=1
+# The tools (kube-apiserver, etcd, … and, for the node test, the kubelet)
+# build beside lint: from empty caches both are long compiles with idle
+# gaps (module downloads, single-threaded links of large binaries) that the
+# other fills. Cached, the lane takes seconds.
+tools=(e2e-tools)
+[ "$node" = 1 ] && tools+=(node-tools)
+lane tools "${tools[@]}"
+# Every later lane takes bin/ (made by outage-start) and the tools as made.
+lane_opts=(-o build -o e2e-tools)
 fg lint
-fg e2e-tools
+await e2e-tools
+await_vault
 fg outage-start
 fg unit
 fg fuzz
 checks=(build-lean test-arm64 fips release-check)
-node=0
-if [ "${KEYWARDEN_E2E_NODE:-}" = 1 ]; then
-	node=1
-	checks=(node-images "${checks[@]}")
-fi
+[ "$node" = 1 ] && checks=(node-images "${checks[@]}")
 lane checks "${checks[@]}"
 lane e2e-deploy e2e-deploy e2e-suite-lane
 fg e2e-suite -o build -o e2e-tools E2E_PKGS=./test/e2e/ E2E_SPLIT=1
 if [ "$node" = 1 ]; then
+	await node-tools
 	await node-images
 	fg e2e-node-if-enabled NODE_IMAGES_BUILT=1
 else
