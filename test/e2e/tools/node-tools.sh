@@ -60,13 +60,18 @@ export GOWORK=off CGO_ENABLED=0
 mkdir -p "$bin"
 out="$(mktemp -d "${bin}/.build.XXXXXX")"
 trap 'rm -rf "$out"' EXIT
+# One go build for both (their tails and links overlap); each binary is
+# named after its package's last element, which is the tool's name here.
+pkgs=()
+for t in "${GO_TOOLS[@]}"; do pkgs+=("${t#*:}"); done
+start=$SECONDS
+log "building ${pkgs[*]}"
+go build -trimpath -ldflags "$ldflags" -o "$out/" "${pkgs[@]}"
 for t in "${GO_TOOLS[@]}"; do
 	name="${t%%:*}" pkg="${t#*:}"
-	log "building ${name} (${pkg})"
-	start=$SECONDS
-	go build -trimpath -ldflags "$ldflags" -o "$out/$name" "$pkg"
-	log "built ${name} in $((SECONDS - start))s, $(du -h "$out/$name" | cut -f1)"
+	[[ -f "$out/$name" ]] || { log "go build made no $name from $pkg"; exit 1; }
 done
+log "built them in $((SECONDS - start))s"
 # The pause container's program, from the kubernetes module's own source.
 src="$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
 log "building pause (${src#"$(go env GOMODCACHE)/"})"
