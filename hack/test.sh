@@ -36,14 +36,23 @@ MAKE=${MAKE:-make}
 dir=bin/steps
 rm -rf "$dir" && mkdir -p "$dir"
 times="$dir/times.tsv"
-printf 'step\tlane\tseconds\tresult\n' >"$times"
+printf 'step\tlane\tseconds\tcpu_seconds\tresult\n' >"$times"
 t0=$(date +%s)
 
-record() { # step lane seconds rc
+record() { # step lane seconds rc [cpu seconds]
 	local res=ok
 	[ "$4" -eq 0 ] || res="failed ($4)"
-	printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$res" >>"$times"
-	echo "steps: $1 ($2) $res in $3 s"
+	printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${5:--}" "$res" >>"$times"
+	echo "steps: $1 ($2) $res in $3 s${5:+, $5 s of CPU}"
+}
+
+# cpu F: the user+system CPU seconds of a shell's finished children so far,
+# from F, where that shell wrote its `times` (a builtin: run in the shell
+# itself, not in a subshell, which has no children). The difference around
+# a make step is the CPU its whole process tree used: on two cores, the
+# figure that says where a cold run's time goes.
+cpu() {
+	awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, a, "m"); s += a[1] * 60 + a[2] } } END { printf "%d", s }' "$1"
 }
 
 summary() {
@@ -54,12 +63,15 @@ summary() {
 
 # fg STEP [MAKE ARGS]: one foreground step; a failure ends make test.
 fg() {
-	local s=$1 start rc
+	local s=$1 start rc c0
 	shift
 	start=$(date +%s)
+	times >"$dir/.times.fg"
+	c0=$(cpu "$dir/.times.fg")
 	$MAKE --no-print-directory "$s" "$@"
 	rc=$?
-	record "$s" foreground $(($(date +%s) - start)) "$rc"
+	times >"$dir/.times.fg"
+	record "$s" foreground $(($(date +%s) - start)) "$rc" $(($(cpu "$dir/.times.fg") - c0))
 	if [ "$rc" -ne 0 ]; then
 		stop_lanes
 		summary
@@ -79,10 +91,13 @@ lane() {
 	(
 		for s in "$@"; do
 			start=$(date +%s)
+			times >"$dir/.times.$name"
+			c0=$(cpu "$dir/.times.$name")
 			echo "== $s" >>"$dir/$name.log"
 			$MAKE --no-print-directory "${lane_opts[@]}" "$s" >>"$dir/$name.log" 2>&1
 			rc=$?
-			record "$s" "$name" $(($(date +%s) - start)) "$rc" >>"$dir/$name.log"
+			times >"$dir/.times.$name"
+			record "$s" "$name" $(($(date +%s) - start)) "$rc" $(($(cpu "$dir/.times.$name") - c0)) >>"$dir/$name.log"
 			echo "$rc" >"$dir/$s.rc"
 			[ "$rc" -eq 0 ] || exit "$rc"
 		done
