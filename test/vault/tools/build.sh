@@ -26,8 +26,8 @@
 # (docs/e2e.md has the figures). The binary is kept in
 #   ${KEYWARDEN_VAULT_CACHE:-$HOME/.cache/keywarden/vault-tools}/<key>/vault
 # where <key> is the sha256 of go.mod, go.sum, this script and ./cmd/vault's
-# source, and copied from
-# there when present. KEYWARDEN_TOOLS_REBUILD=1 forces a build.
+# source, and copied from there when present. KEYWARDEN_TOOLS_REBUILD=1 forces
+# a build.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

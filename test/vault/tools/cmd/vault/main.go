@@ -29,9 +29,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -70,7 +72,9 @@ func main() {
 	}
 	switch os.Args[1] {
 	case "version", "-version", "--version", "-v":
-		fmt.Println(version.GetVersion().FullVersionNumber(true) + " (keywarden's test server: transit; approle, cert, jwt, kubernetes)")
+		fmt.Printf("%s (keywarden's test server: %s; %s)\n", version.GetVersion().FullVersionNumber(true),
+			strings.Join(registry{}.Keys(consts.PluginTypeSecrets), ", "),
+			strings.Join(registry{}.Keys(consts.PluginTypeCredential), ", "))
 	case "status":
 		os.Exit(status())
 	case "server":
@@ -138,11 +142,7 @@ func (r registry) Get(name string, t consts.PluginType) (func() (interface{}, er
 }
 
 func (r registry) Keys(t consts.PluginType) []string {
-	keys := make([]string, 0, len(r.factories(t)))
-	for k := range r.factories(t) {
-		keys = append(keys, k)
-	}
-	return keys
+	return slices.Sorted(maps.Keys(r.factories(t)))
 }
 
 func (r registry) DeprecationStatus(name string, t consts.PluginType) (consts.DeprecationStatus, bool) {
