@@ -10,6 +10,15 @@
 #                                      the cache (KEYWARDEN_TOOLS_REBUILD=1: never)
 #   tc_install DIR                     copy DIR's binaries into bin/, stamp it
 #   tc_publish DIR                     copy DIR's binaries into the cache
+#   tc_go                              export GOTOOLCHAIN: keywarden's Go (below)
+#
+# Every tool builds with keywarden's own Go, the Makefile's GOTOOLCHAIN_PIN
+# (not the machine's go): the Go build cache keys each compiled package by
+# the toolchain too, so with one Go the standard library, and the modules a
+# tool shares with keywarden at the same versions, compile once for both
+# (test/e2e/tools/go.mod holds keywarden's versions of the modules they share;
+# deploy's TestToolModulesShareVersions keeps it so). The key of each tool
+# includes that Go (TC_GO), so a new pin rebuilds the tools.
 
 tc_init() {
 	TC_KEY="$1" TC_CACHE="$2" TC_BIN="$3"
@@ -68,4 +77,12 @@ tc_publish() { # dir: copied to a temporary directory beside the cache, then ren
 		rm -rf "$tmp"
 		log "cache ${TC_CACHE} already present, left as is"
 	fi
+}
+
+tc_go() {
+	local mk
+	mk="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/Makefile"
+	TC_GO="$(sed -n 's/^GOTOOLCHAIN_PIN *?= *//p' "$mk")"
+	[[ "$TC_GO" == go1.* ]] || { echo "toolcache: no GOTOOLCHAIN_PIN in ${mk}" >&2; return 1; }
+	export GOTOOLCHAIN="$TC_GO"
 }

@@ -2,12 +2,17 @@
 # Builds the real control plane the end-to-end tests run against:
 #   kube-apiserver, kube-controller-manager, kubectl, kubeadm (k8s.io/kubernetes
 #   v1.37.2), etcd, etcdctl (v3.7.0)
-# into test/e2e/tools/bin/, from the pins in this folder's go.mod / go.sum.
+# into test/e2e/tools/bin/, from the pins in this folder's go.mod / go.sum:
+# Kubernetes' and etcd's own, except that the modules keywarden uses too
+# (golang.org/x, gRPC, protobuf, Prometheus, OpenTelemetry) are raised to
+# keywarden's versions, so that their packages compile once for both
+# (deploy's TestToolModulesShareVersions; docs/e2e.md, "Cold CI").
 #
 # Cold build: several minutes and ~3 GB of Go build cache. To make fresh clones
 # cheap, a copy of the binaries is kept in
 #   ${KEYWARDEN_TOOLS_CACHE:-$HOME/.cache/keywarden/e2e-tools}/<key>/
-# where <key> is the sha256 of go.mod, go.sum and this script; when that copy
+# where <key> is the sha256 of go.mod, go.sum, this script and the Go that
+# builds them (keywarden's, hack/toolcache.sh's tc_go); when that copy
 # exists it is reused instead of building. KEYWARDEN_TOOLS_REBUILD=1 forces a build.
 set -euo pipefail
 
@@ -41,11 +46,12 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 	ldflags+=" -X ${pkg}.gitTreeState=clean"
 done
 
-key="$(cat go.mod go.sum build.sh | sha256sum | cut -c1-64)"
-cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
-bin="${here}/bin"
 # shellcheck source=hack/toolcache.sh
 source "${here}/../../../hack/toolcache.sh"
+tc_go
+key="$( (cat go.mod go.sum build.sh; echo "$TC_GO") | sha256sum | cut -c1-64)"
+cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
+bin="${here}/bin"
 names=()
 for t in "${TOOLS[@]}"; do names+=("${t%%:*}"); done
 tc_init "$key" "${cache_root}/${key}" "$bin" "${names[@]}"

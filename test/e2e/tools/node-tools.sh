@@ -4,11 +4,12 @@
 #   kubelet, kube-scheduler (k8s.io/kubernetes v1.37.2, CGO_ENABLED=0)
 #   pause                   (upstream build/pause/linux/pause.c, gcc -static)
 #   crictl                  (sigs.k8s.io/cri-tools v1.37.0, from crictl/go.mod:
-#                            its own module, so its newer grpc and friends do
-#                            not move the control plane's pins)
+#                            its own module, so its grpc and friends do not
+#                            move the control plane's pins)
 # into test/e2e/tools/bin/. Cached like build.sh's binaries, under
 #   ${KEYWARDEN_TOOLS_CACHE:-$HOME/.cache/keywarden/e2e-tools}/node-<key>/
-# where <key> is the sha256 of both modules' go.mod and go.sum and this script.
+# where <key> is the sha256 of both modules' go.mod and go.sum, this script
+# and the Go that builds them (keywarden's, hack/toolcache.sh's tc_go).
 # A separate script (not a longer list in build.sh) so adding the node tools
 # did not invalidate the control plane's cache.
 set -euo pipefail
@@ -34,11 +35,12 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 	ldflags+=" -X ${pkg}.gitMinor=${K8S_MINOR} -X ${pkg}.gitTreeState=clean"
 done
 
-key="$(cat go.mod go.sum crictl/go.mod crictl/go.sum node-tools.sh | sha256sum | cut -c1-64)"
-cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
-bin="${here}/bin"
 # shellcheck source=hack/toolcache.sh
 source "${here}/../../../hack/toolcache.sh"
+tc_go
+key="$( (cat go.mod go.sum crictl/go.mod crictl/go.sum node-tools.sh; echo "$TC_GO") | sha256sum | cut -c1-64)"
+cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
+bin="${here}/bin"
 tc_init "$key" "${cache_root}/node-${key}" "$bin" "${NAMES[@]}"
 
 check() {

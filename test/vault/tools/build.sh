@@ -25,9 +25,10 @@
 # memory at link, a ~360 MB binary; ./cmd/vault is smaller on each count
 # (docs/e2e.md has the figures). The binary is kept in
 #   ${KEYWARDEN_VAULT_CACHE:-$HOME/.cache/keywarden/vault-tools}/<key>/vault
-# where <key> is the sha256 of go.mod, go.sum, this script and ./cmd/vault's
-# source, and copied from there when present. KEYWARDEN_TOOLS_REBUILD=1 forces
-# a build.
+# where <key> is the sha256 of go.mod, go.sum, this script, ./cmd/vault's
+# source and the Go that builds it (keywarden's, hack/toolcache.sh's tc_go),
+# and copied from there when present. KEYWARDEN_TOOLS_REBUILD=1 forces a
+# build.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,11 +40,12 @@ GO="${GO:-go}"
 
 log() { echo "vault-tools: $*"; }
 
-key="$(cat go.mod go.sum build.sh cmd/vault/*.go | sha256sum | cut -c1-64)"
-cache_root="${KEYWARDEN_VAULT_CACHE:-${HOME:-/root}/.cache/keywarden/vault-tools}"
-bin="${here}/bin"
 # shellcheck source=hack/toolcache.sh
 source "${here}/../../../hack/toolcache.sh"
+tc_go
+key="$( (cat go.mod go.sum build.sh cmd/vault/*.go; echo "$TC_GO") | sha256sum | cut -c1-64)"
+cache_root="${KEYWARDEN_VAULT_CACHE:-${HOME:-/root}/.cache/keywarden/vault-tools}"
+bin="${here}/bin"
 tc_init "$key" "${cache_root}/${key}" "$bin" vault
 
 check() { # the binary in bin/ runs and is the pinned version
