@@ -5,24 +5,42 @@
 # the script and its module's go.mod and go.sum), so a fresh clone on the same
 # machine copies binaries instead of building them. The caller defines log().
 #
-#   tc_init KEY CACHE_DIR BIN NAME...  what to cache, where, and into which bin/
+#   tc_key FILE...                     export GOTOOLCHAIN (keywarden's Go, below)
+#                                      and set TC_KEY: the sha256 of the files
+#                                      and that Go
+#   tc_init CACHE_DIR BIN NAME...      what to cache (under TC_KEY), where, and
+#                                      into which bin/
 #   tc_reuse                           0 if bin/ is current or was filled from
 #                                      the cache (KEYWARDEN_TOOLS_REBUILD=1: never)
 #   tc_install DIR                     copy DIR's binaries into bin/, stamp it
 #   tc_publish DIR                     copy DIR's binaries into the cache
-#   tc_go                              export GOTOOLCHAIN: keywarden's Go (below)
 #
 # Every tool builds with keywarden's own Go, the Makefile's GOTOOLCHAIN_PIN
 # (not the machine's go): the Go build cache keys each compiled package by
 # the toolchain too, so with one Go the standard library, and the modules a
 # tool shares with keywarden at the same versions, compile once for both
 # (test/e2e/tools/go.mod holds keywarden's versions of the modules they share;
-# deploy's TestToolModulesShareVersions keeps it so). The key of each tool
-# includes that Go (TC_GO), so a new pin rebuilds the tools.
+# deploy's TestToolModulesShareVersions keeps it so). tc_key sets that Go
+# and puts it in the key, and tc_init refuses to run before tc_key, so no tool
+# builds with another Go and a new pin rebuilds every tool. The pin is the
+# Makefile's, or GOTOOLCHAIN_PIN from the environment as the Makefile's `?=`
+# takes it (make passes a command-line GOTOOLCHAIN_PIN=… on that way).
+
+TC_MAKEFILE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/Makefile"
+
+tc_key() {
+	local mk=$TC_MAKEFILE
+	TC_GO="${GOTOOLCHAIN_PIN:-$(sed -n 's/^GOTOOLCHAIN_PIN *?= *//p' "$mk")}"
+	[[ "$TC_GO" == go1.* ]] || { echo "toolcache: no GOTOOLCHAIN_PIN in the environment or ${mk}" >&2; return 1; }
+	export GOTOOLCHAIN="$TC_GO"
+	TC_KEY="$(set -o pipefail; (cat "$@" && echo "$TC_GO") | sha256sum | cut -c1-64)" ||
+		{ echo "toolcache: cannot read $*" >&2; return 1; }
+}
 
 tc_init() {
-	TC_KEY="$1" TC_CACHE="$2" TC_BIN="$3"
-	shift 3
+	[[ -n "${TC_KEY:-}" && -n "${TC_GO:-}" ]] || { echo "toolcache: tc_init before tc_key" >&2; return 1; }
+	TC_CACHE="$1" TC_BIN="$2"
+	shift 2
 	TC_NAMES=("$@")
 	TC_STAMP="${TC_BIN}/.stamp-${TC_NAMES[0]}"
 }
@@ -79,10 +97,3 @@ tc_publish() { # dir: copied to a temporary directory beside the cache, then ren
 	fi
 }
 
-tc_go() {
-	local mk
-	mk="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/Makefile"
-	TC_GO="$(sed -n 's/^GOTOOLCHAIN_PIN *?= *//p' "$mk")"
-	[[ "$TC_GO" == go1.* ]] || { echo "toolcache: no GOTOOLCHAIN_PIN in ${mk}" >&2; return 1; }
-	export GOTOOLCHAIN="$TC_GO"
-}

@@ -12,7 +12,7 @@
 # cheap, a copy of the binaries is kept in
 #   ${KEYWARDEN_TOOLS_CACHE:-$HOME/.cache/keywarden/e2e-tools}/<key>/
 # where <key> is the sha256 of go.mod, go.sum, this script and the Go that
-# builds them (keywarden's, hack/toolcache.sh's tc_go); when that copy
+# builds them (keywarden's, hack/toolcache.sh's tc_key); when that copy
 # exists it is reused instead of building. KEYWARDEN_TOOLS_REBUILD=1 forces a build.
 set -euo pipefail
 
@@ -48,13 +48,12 @@ done
 
 # shellcheck source=hack/toolcache.sh
 source "${here}/../../../hack/toolcache.sh"
-tc_go
-key="$( (cat go.mod go.sum build.sh; echo "$TC_GO") | sha256sum | cut -c1-64)"
+tc_key go.mod go.sum build.sh
 cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
 bin="${here}/bin"
 names=()
 for t in "${TOOLS[@]}"; do names+=("${t%%:*}"); done
-tc_init "$key" "${cache_root}/${key}" "$bin" "${names[@]}"
+tc_init "${cache_root}/${TC_KEY}" "$bin" "${names[@]}"
 
 check() { # verify the binaries in bin/ run and report the pinned versions
 	local out

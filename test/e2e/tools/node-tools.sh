@@ -9,7 +9,7 @@
 # into test/e2e/tools/bin/. Cached like build.sh's binaries, under
 #   ${KEYWARDEN_TOOLS_CACHE:-$HOME/.cache/keywarden/e2e-tools}/node-<key>/
 # where <key> is the sha256 of both modules' go.mod and go.sum, this script
-# and the Go that builds them (keywarden's, hack/toolcache.sh's tc_go).
+# and the Go that builds them (keywarden's, hack/toolcache.sh's tc_key).
 # A separate script (not a longer list in build.sh) so adding the node tools
 # did not invalidate the control plane's cache.
 set -euo pipefail
@@ -37,11 +37,10 @@ done
 
 # shellcheck source=hack/toolcache.sh
 source "${here}/../../../hack/toolcache.sh"
-tc_go
-key="$( (cat go.mod go.sum crictl/go.mod crictl/go.sum node-tools.sh; echo "$TC_GO") | sha256sum | cut -c1-64)"
+tc_key go.mod go.sum crictl/go.mod crictl/go.sum node-tools.sh
 cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
 bin="${here}/bin"
-tc_init "$key" "${cache_root}/node-${key}" "$bin" "${NAMES[@]}"
+tc_init "${cache_root}/node-${TC_KEY}" "$bin" "${NAMES[@]}"
 
 check() {
 	local out

@@ -26,7 +26,7 @@
 # (docs/e2e.md has the figures). The binary is kept in
 #   ${KEYWARDEN_VAULT_CACHE:-$HOME/.cache/keywarden/vault-tools}/<key>/vault
 # where <key> is the sha256 of go.mod, go.sum, this script, ./cmd/vault's
-# source and the Go that builds it (keywarden's, hack/toolcache.sh's tc_go),
+# source and the Go that builds it (keywarden's, hack/toolcache.sh's tc_key),
 # and copied from there when present. KEYWARDEN_TOOLS_REBUILD=1 forces a
 # build.
 set -euo pipefail
@@ -42,11 +42,10 @@ log() { echo "vault-tools: $*"; }
 
 # shellcheck source=hack/toolcache.sh
 source "${here}/../../../hack/toolcache.sh"
-tc_go
-key="$( (cat go.mod go.sum build.sh cmd/vault/*.go; echo "$TC_GO") | sha256sum | cut -c1-64)"
+tc_key go.mod go.sum build.sh cmd/vault/*.go
 cache_root="${KEYWARDEN_VAULT_CACHE:-${HOME:-/root}/.cache/keywarden/vault-tools}"
 bin="${here}/bin"
-tc_init "$key" "${cache_root}/${key}" "$bin" vault
+tc_init "${cache_root}/${TC_KEY}" "$bin" vault
 
 check() { # the binary in bin/ runs and is the pinned version
 	local out
