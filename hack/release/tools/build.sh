@@ -9,7 +9,12 @@
 #   actionlint       checks .github/workflows in make lint
 # Cached like the e2e tools (hack/toolcache.sh) under
 #   ${KEYWARDEN_TOOLS_CACHE:-$HOME/.cache/keywarden/e2e-tools}/release-<key>/
-# <key>: go.mod, go.sum and this script. Cold: about 4 minutes on 2 cores.
+# <key>: go.mod, go.sum, this script and keywarden's Go (hack/toolcache.sh's
+# tc_key), which builds them. go.mod holds keywarden's versions of the
+# modules both use (cosign links the same cloud KMS SDKs, gRPC, protobuf,
+# OpenTelemetry, x/*), so with one Go and CGO_ENABLED=0 -trimpath their
+# packages compile once for cosign and keywarden's static build; deploy's
+# TestToolModulesShareVersions keeps it so. Cold: about 4 minutes on 2 cores.
 #
 #   build.sh [NAME...]   only the named tools (default: all three)
 set -euo pipefail
@@ -29,14 +34,14 @@ declare -A pkg=(
 	[cyclonedx-gomod]=github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod
 )
 
-key="$(cat go.mod go.sum build.sh | sha256sum | cut -c1-64)"
 cache_root="${KEYWARDEN_TOOLS_CACHE:-${HOME:-/root}/.cache/keywarden/e2e-tools}"
 # shellcheck source=hack/toolcache.sh
 source "${here}/../../toolcache.sh"
+tc_key go.mod go.sum build.sh
 
 for n in "${names[@]}"; do
 	[[ -n "${pkg[$n]:-}" ]] || { log "unknown tool $n"; exit 2; }
-	tc_init "$key" "${cache_root}/release-${key}/${n}" "${here}/bin" "$n"
+	tc_init "${cache_root}/release-${TC_KEY}/${n}" "${here}/bin" "$n"
 	if tc_reuse; then continue; fi
 	out="$(mktemp -d)"
 	start=$SECONDS
