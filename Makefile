@@ -25,6 +25,14 @@ TOOLS           := $(BIN)/tools
 # `make build TAGS=noaws,nogcp,noazure` (docs/install.md, "Build variants").
 TAGS            ?=
 LEAN_TAGS       := noaws,nogcp,noazure,novault
+# Every go command make runs builds with -trimpath, as the shipped binaries
+# are built: the builds, vet, the tests, the go build and go run inside the
+# tests and scripts, and golangci-lint's go list for export data. The Go build
+# cache keys a compiled package by its flags, so with one set of flags the
+# dependency graph compiles once per configuration (cgo, static, race, fuzz,
+# FIPS, arm64) and all of them share it; without, the tests and golangci-lint
+# compiled all of it once more (docs/e2e.md, "Cold CI").
+export GOFLAGS  := $(strip $(filter-out -trimpath,$(GOFLAGS)) -trimpath)
 
 .PHONY: all build build-nopkcs11 build-lean run test check unit unit-short fuzz lint fmt vet golangci-lint vulncheck \
         actionlint release release-check test-arm64 \
@@ -109,21 +117,23 @@ fmt:
 # -trimpath as the builds use it: vet compiles every dependency for its
 # export data, and with the same flags those compiles are the ones build and
 # build-nopkcs11 need (one compile of the dependency graph per configuration
-# instead of two: minutes on a cold cache).
+# instead of two: minutes on a cold cache). The lean tags change the files of
+# keystore/byuri only (deploy's TestLeanTagsOnlyInByuri), so only it is vetted
+# with them; build-lean compiles its importers.
 vet:
 	$(GO) vet -trimpath ./...
 	CGO_ENABLED=0 $(GO) vet -trimpath -tags nopkcs11 ./...
-	CGO_ENABLED=0 $(GO) vet -trimpath -tags nopkcs11,$(LEAN_TAGS) ./...
+	CGO_ENABLED=0 $(GO) vet -trimpath -tags nopkcs11,$(LEAN_TAGS) ./keystore/byuri/
 
 $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION):
 	@mkdir -p $(TOOLS)
 	GOBIN=$(CURDIR)/$(TOOLS) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	mv $(TOOLS)/golangci-lint $@
 
-# Twice: the default build, then with the e2e and node tests' build tags
-# (their files are compiled only under those tags).
+# Once, with the e2e and node tests' build tags, which add those tests' files
+# and leave no file out (deploy's TestLintTagsLeaveNoFileOut); the default
+# build without them is vet's, and the compiler's, above.
 golangci-lint: $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)
-	env GOTOOLCHAIN=$(GOTOOLCHAIN_PIN) $< run ./...
 	env GOTOOLCHAIN=$(GOTOOLCHAIN_PIN) $< run --build-tags e2e,node ./...
 
 # govulncheck against an offline copy of the Go vulnerability database,

@@ -1,0 +1,193 @@
+package deploy
+
+import (
+	"bufio"
+	"go/build/constraint"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// lintTags are the build tags make golangci-lint passes (one run, the
+// Makefile's golangci-lint target): the e2e and node tests' files are
+// compiled only under them.
+var lintTags = []string{"e2e", "node"}
+
+// TestLintTagsLeaveNoFileOut: golangci-lint runs once, with lintTags, so
+// every file of keywarden's module that the default linux/amd64 build
+// compiles must still be compiled with those tags added (a `//go:build
+// !e2e` file would be linted by nobody). Files the default build leaves out
+// (nopkcs11, the lean tags, !linux) were never linted by golangci-lint; go
+// vet covers the nopkcs11 and lean builds (make vet).
+func TestLintTagsLeaveNoFileOut(t *testing.T) {
+	mk, err := os.ReadFile(filepath.Join(repoRoot, "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "run --build-tags " + strings.Join(lintTags, ",") + " ./..."
+	var runs []string
+	for _, l := range strings.Split(string(mk), "\n") {
+		if strings.Contains(l, "$< run") {
+			runs = append(runs, strings.TrimSpace(l))
+		}
+	}
+	if len(runs) != 1 || !strings.HasSuffix(runs[0], want) {
+		t.Fatalf("the Makefile's golangci-lint target: want one line ending %q, have %q", want, runs)
+	}
+
+	base := func(tag string) bool {
+		switch tag {
+		case "linux", "amd64", "unix", "cgo", "gc":
+			return true
+		}
+		return strings.HasPrefix(tag, "go1.")
+	}
+	withLint := func(tag string) bool {
+		for _, l := range lintTags {
+			if tag == l {
+				return true
+			}
+		}
+		return base(tag)
+	}
+	checked, tagged := 0, 0
+	for _, f := range moduleGoFiles(t) {
+		checked++
+		expr := goBuild(t, filepath.Join(repoRoot, f))
+		if expr == nil {
+			continue
+		}
+		tagged++
+		if expr.Eval(base) && !expr.Eval(withLint) {
+			t.Errorf("%s: //go:build %s is compiled by the default build but not with -tags %s, so golangci-lint never sees it; lint it in a run of its own or change the constraint", f, expr, strings.Join(lintTags, ","))
+		}
+	}
+	t.Logf("%d files, %d with a //go:build line: each compiled by the default build is compiled with -tags %s", checked, tagged, strings.Join(lintTags, ","))
+	if checked == 0 || tagged == 0 {
+		t.Fatalf("checked %d files, %d with a //go:build line: the file list is wrong", checked, tagged)
+	}
+}
+
+// goBuild: the file's //go:build constraint, or nil. It is in the header,
+// before the package clause.
+func goBuild(t *testing.T, file string) constraint.Expr {
+	t.Helper()
+	fh, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	sc := bufio.NewScanner(fh)
+	for sc.Scan() {
+		l := sc.Text()
+		if strings.HasPrefix(l, "package ") {
+			break
+		}
+		if constraint.IsGoBuild(l) {
+			expr, err := constraint.Parse(l)
+			if err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			return expr
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return nil
+}
+
+// TestLeanTagsOnlyInByuri: make vet vets the lean build (LEAN_TAGS: no
+// cloud keystores) in keystore/byuri only, the one package whose files those
+// tags change; a file elsewhere with one of them would go unvetted.
+func TestLeanTagsOnlyInByuri(t *testing.T) {
+	mk, err := os.ReadFile(filepath.Join(repoRoot, "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^LEAN_TAGS\s*:=\s*(\S+)$`).FindSubmatch(mk)
+	if m == nil {
+		t.Fatal("no LEAN_TAGS in the Makefile")
+	}
+	lean := strings.Split(string(m[1]), ",")
+	inByuri := 0
+	for _, f := range moduleGoFiles(t) {
+		expr := goBuild(t, filepath.Join(repoRoot, f))
+		if expr == nil {
+			continue
+		}
+		uses := false
+		for _, tag := range exprTags(expr) {
+			for _, l := range lean {
+				uses = uses || tag == l
+			}
+		}
+		if !uses {
+			continue
+		}
+		if filepath.Dir(f) != filepath.Join("keystore", "byuri") {
+			t.Errorf("%s: //go:build %s uses a lean tag (%s) outside keystore/byuri: add its package to make vet's lean line", f, expr, m[1])
+			continue
+		}
+		inByuri++
+	}
+	if inByuri == 0 {
+		t.Fatalf("no file in keystore/byuri uses the lean tags %s: the check is looking at the wrong files", m[1])
+	}
+}
+
+// moduleGoFiles: the .go files of keywarden's module as the go command sees
+// them, relative to the repository: other modules (a go.mod of their own),
+// testdata, bin and dot/underscore folders are left out.
+func moduleGoFiles(t *testing.T) []string {
+	t.Helper()
+	var files []string
+	err := filepath.WalkDir(repoRoot, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if path == repoRoot {
+				return nil
+			}
+			if strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_") || name == "testdata" || name == "bin" {
+				return filepath.SkipDir
+			}
+			if _, err := os.Stat(filepath.Join(path, "go.mod")); err == nil {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if strings.HasSuffix(name, ".go") {
+			rel, err := filepath.Rel(repoRoot, path)
+			if err != nil {
+				return err
+			}
+			files = append(files, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// exprTags: every tag a build constraint names.
+func exprTags(e constraint.Expr) []string {
+	switch e := e.(type) {
+	case *constraint.TagExpr:
+		return []string{e.Tag}
+	case *constraint.NotExpr:
+		return exprTags(e.X)
+	case *constraint.AndExpr:
+		return append(exprTags(e.X), exprTags(e.Y)...)
+	case *constraint.OrExpr:
+		return append(exprTags(e.X), exprTags(e.Y)...)
+	}
+	return nil
+}
