@@ -56,6 +56,25 @@ type host struct {
 	// rotatedFrom and rotatedTo are docs/rotation.md's OLD and NEW.
 	rotatedFrom, rotatedTo string
 	cleanups               []func()
+	lock                   *os.File // lockMachine's; held until the process ends
+}
+
+// lockFile is outside runRoot and workRoot, which the cleanup removes.
+const lockFile = "/run/keywarden-node-e2e.lock"
+
+// lockMachine takes the node test's machine-wide lock (flock(2), released
+// by the kernel when the process ends), or fails the test if another run
+// holds it.
+func lockMachine(t *testing.T) *os.File {
+	f, err := os.OpenFile(lockFile, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		t.Fatalf("%s: another node test is running on this machine (%v)", lockFile, err)
+	}
+	return f
 }
 
 // ctx returns a context bounded by d and the test's deadline.

@@ -195,6 +195,24 @@ func newHost(t *testing.T) *host {
 	if len(missing) > 0 {
 		t.Fatalf("missing:\n  %s", strings.Join(missing, "\n  "))
 	}
+	// One node test at a time on a machine. The lock goes with the process,
+	// so a run that was killed leaves it free.
+	h.lock = lockMachine(t)
+	// workRoot is the node test's own, made only after the check below
+	// found no node here. If it is there, a run stopped before its cleanup
+	// (killed, or the machine went down) and everything below is that run's:
+	// remove it, as the cleanup would have.
+	if _, err := os.Stat(workRoot); err == nil {
+		t.Logf("%s exists: an earlier node test run stopped before its cleanup; removing what it left", workRoot)
+		h.logs = filepath.Join(workRoot, "logs")
+		if err := os.MkdirAll(h.logs, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		h.teardown()
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
 	// A node that is one already is not ours to take.
 	for _, p := range []string{"/etc/kubernetes", "/var/lib/kubelet", "/var/lib/etcd", "/etc/keywarden", "/var/lib/keywarden", workRoot} {
 		if _, err := os.Stat(p); err == nil {
