@@ -15,10 +15,9 @@
 #     outage-start, unit, fuzz, e2e-suite, e2e-node
 #   background, started after outage-start: checks: node-images (where
 #     the node test runs), build-lean, test-arm64, fips, release-check, one
-#     after another; the node test waits for node-images only. Started
-#     after fuzz, as it was, the lane ran past the foreground's end on a
-#     cold run (the foreground waited 1034 s, some of it on one busy core:
-#     links, debootstrap); beside unit and fuzz those gaps are filled
+#     after another; the node test waits for node-images only. Beside
+#     unit and fuzz, its one-core stretches (links, debootstrap) fill with
+#     their compiles instead of outliving the foreground
 #   background, started after fuzz:
 #     e2e-deploy: deploy's TestE2E* against a real kube-apiserver, then
 #       e2e-suite-lane, two test/e2e scenarios the foreground skips
@@ -66,7 +65,7 @@ summary() {
 
 # fg STEP [MAKE ARGS]: one foreground step; a failure ends make test.
 fg() {
-	local s=$1 start rc c0
+	local s=$1 start rc
 	shift
 	start=$(date +%s)
 	# In a subshell that writes its own `times`: this shell's would also
