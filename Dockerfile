@@ -52,7 +52,9 @@ COPY . .
 ARG VERSION=dev
 ARG COMMIT=
 # Build tags, e.g. TAGS=noaws,nogcp,noazure,novault for an image with the
-# file and PKCS#11 keystores only (docs/install.md, "Build variants").
+# file and PKCS#11 keystores only (docs/install.md, "Build variants"). They
+# add to netgo,osusergo, the Makefile's BASE_TAGS: Go's own DNS resolver and
+# user lookups, cgo only for PKCS#11 (deploy's TestBaseTagsAgree).
 ARG TAGS=
 # GOFIPS140=v1.0.0 builds against Go's FIPS 140-3 module; the binaries then
 # run in FIPS 140-3 mode by default (docs/fips.md). off: the usual build.
@@ -69,7 +71,7 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
       esac; \
       command -v "$cc" >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $pkgs; }; \
     fi; \
-    GOFIPS140="${GOFIPS140}" GOARCH="$arch" CC="$cc" go build -tags "${TAGS}" -buildvcs=false \
+    GOFIPS140="${GOFIPS140}" GOARCH="$arch" CC="$cc" go build -tags "netgo,osusergo${TAGS:+,${TAGS}}" -buildvcs=false \
       -ldflags "-s -w -X github.com/keywarden/keywarden/internal/buildinfo.version=${VERSION} -X github.com/keywarden/keywarden/internal/buildinfo.commit=${COMMIT}" \
       -o /out/ ./cmd/keywarden ./cmd/kmsctl; \
     if [ "$arch" = "$host" ]; then \

@@ -25,14 +25,25 @@ TOOLS           := $(BIN)/tools
 # `make build TAGS=noaws,nogcp,noazure` (docs/install.md, "Build variants").
 TAGS            ?=
 LEAN_TAGS       := noaws,nogcp,noazure,novault
-# Every go command make runs builds with -trimpath, as the shipped binaries
-# are built: the builds, vet, the tests, the go build and go run inside the
-# tests and scripts, and golangci-lint's go list for export data. The Go build
-# cache keys a compiled package by its flags, so with one set of flags the
-# dependency graph compiles once per configuration (cgo, static, race, fuzz,
-# FIPS, arm64) and all of them share it; without, the tests and golangci-lint
-# compiled all of it once more (docs/e2e.md, "Cold CI").
-export GOFLAGS  := $(strip $(filter-out -trimpath,$(GOFLAGS)) -trimpath)
+# The build tags every build starts from, the cgo and static ones alike:
+# Go's own DNS resolver and user lookups (netgo, osusergo), so cgo is used
+# only to dlopen PKCS#11 modules and the two builds resolve names the same
+# way (docs/install.md, "Build variants"). hack/release/release.sh and the
+# Dockerfile use the same two (deploy's TestBaseTagsAgree). With them the
+# static and cgo builds compile the same standard library net package, so
+# they share every compiled dependency but the cgo ones; without, the cgo
+# build compiled 697 of its 1,383 packages again (docs/e2e.md, "Cold CI").
+# A target with tags of its own adds them to these.
+BASE_TAGS       := netgo,osusergo
+comma           := ,
+# Every go command make runs builds with -trimpath and BASE_TAGS, as the
+# shipped binaries are built: the builds, vet, the tests, the go build and go
+# run inside the tests and scripts, the tools' builds, and golangci-lint's
+# go list for export data. The Go build cache keys a compiled package by its
+# flags, so with one set of flags the dependency graph compiles once per
+# configuration (race, fuzz, FIPS, amd64, arm64) and all of them share it;
+# without -trimpath, the tests and golangci-lint compiled all of it once more.
+export GOFLAGS  := $(strip $(filter-out -trimpath -tags=%,$(GOFLAGS)) -trimpath -tags=$(BASE_TAGS))
 
 .PHONY: all build build-nopkcs11 build-lean run test check unit unit-short fuzz lint fmt vet golangci-lint vulncheck \
         actionlint release release-check test-arm64 \
@@ -41,18 +52,18 @@ export GOFLAGS  := $(strip $(filter-out -trimpath,$(GOFLAGS)) -trimpath)
 all: build
 
 build:
-	$(GO) build -tags '$(TAGS)' -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+	$(GO) build -tags '$(BASE_TAGS)$(if $(TAGS),$(comma)$(TAGS))' -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 # keywarden with the file and PKCS#11 keystores only (no cloud SDKs): the
 # smallest binary and idle footprint (docs/benchmarks.md, Memory). Its
 # byuri tests run too, so the tags keep compiling and say what they left out.
 build-lean:
-	$(GO) build -tags $(LEAN_TAGS) -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/lean/ ./cmd/...
-	$(GO) test -count=1 -tags $(LEAN_TAGS) ./keystore/byuri/
+	$(GO) build -tags $(BASE_TAGS),$(LEAN_TAGS) -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/lean/ ./cmd/...
+	$(GO) test -count=1 -tags $(BASE_TAGS),$(LEAN_TAGS) ./keystore/byuri/
 
 # A static binary without PKCS#11 (no cgo).
 build-nopkcs11:
-	CGO_ENABLED=0 $(GO) build -tags nopkcs11 -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/nopkcs11/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -tags $(BASE_TAGS),nopkcs11 -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/nopkcs11/ ./cmd/...
 
 # Run keywarden on a dev keyset under .dev/ (created on first run).
 run: build
@@ -122,8 +133,8 @@ fmt:
 # with them; build-lean compiles its importers.
 vet:
 	$(GO) vet -trimpath ./...
-	CGO_ENABLED=0 $(GO) vet -trimpath -tags nopkcs11 ./...
-	CGO_ENABLED=0 $(GO) vet -trimpath -tags nopkcs11,$(LEAN_TAGS) ./keystore/byuri/
+	CGO_ENABLED=0 $(GO) vet -trimpath -tags $(BASE_TAGS),nopkcs11 ./...
+	CGO_ENABLED=0 $(GO) vet -trimpath -tags $(BASE_TAGS),nopkcs11,$(LEAN_TAGS) ./keystore/byuri/
 
 $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION):
 	@mkdir -p $(TOOLS)
@@ -134,7 +145,7 @@ $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION):
 # and leave no file out (deploy's TestLintTagsLeaveNoFileOut); the default
 # build without them is vet's, and the compiler's, above.
 golangci-lint: $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)
-	env GOTOOLCHAIN=$(GOTOOLCHAIN_PIN) $< run --build-tags e2e,node ./...
+	env GOTOOLCHAIN=$(GOTOOLCHAIN_PIN) $< run --build-tags $(BASE_TAGS),e2e,node ./...
 
 # govulncheck against an offline copy of the Go vulnerability database,
 # built from the golang.org/x/vulndb module (pinned in hack/vulncheck.sh).
@@ -159,7 +170,7 @@ release-check:
 # the release builds: the arm64 compiles of their dependencies are shared.
 ARM64_PKGS ?= ./kms/... ./keystore/file/ ./keystore/recovery/ ./internal/buildinfo/ ./internal/stored/
 test-arm64:
-	CGO_ENABLED=0 GOARCH=arm64 $(GO) test -count=1 -trimpath -tags nopkcs11 -exec qemu-aarch64-static $(ARM64_PKGS)
+	CGO_ENABLED=0 GOARCH=arm64 $(GO) test -count=1 -trimpath -tags $(BASE_TAGS),nopkcs11 -exec qemu-aarch64-static $(ARM64_PKGS)
 
 bench-quick:
 	$(GO) test -run '^$$' -bench . -benchtime 2000x -count 1 ./kms/... ./bench
@@ -180,7 +191,7 @@ bench-keystores:
 	$(GO) run ./bench/cmd/kwbench --keystores pkcs11,aws,vault --conc 1,64 --slow-delay 0 --bare=false $(KWBENCH_FLAGS)
 
 bench-apiserver: build e2e-tools
-	$(GO) test -tags e2e -run . -v -timeout 60m ./bench/apiserver
+	$(GO) test -tags $(BASE_TAGS),e2e -run . -v -timeout 60m ./bench/apiserver
 
 # The soak (issue 13; not in CI): kube-apiserver Secret traffic through
 # keywarden for an hour while its keystore (a Vault dev server of the test's
@@ -193,7 +204,7 @@ bench-apiserver: build e2e-tools
 KEYWARDEN_SOAK_DURATION ?= 1h
 SOAK_TIMEOUT ?= 90m
 soak: build e2e-tools vault-tools
-	KEYWARDEN_SOAK_DURATION=$(KEYWARDEN_SOAK_DURATION) $(GO) test -count=1 -tags e2e -run '^TestSoak$$' -v -timeout $(SOAK_TIMEOUT) ./bench/soak
+	KEYWARDEN_SOAK_DURATION=$(KEYWARDEN_SOAK_DURATION) $(GO) test -count=1 -tags $(BASE_TAGS),e2e -run '^TestSoak$$' -v -timeout $(SOAK_TIMEOUT) ./bench/soak
 
 e2e-tools:
 	bash test/e2e/tools/build.sh
@@ -228,18 +239,18 @@ E2E_PKGS ?= ./test/e2e/...
 e2e: e2e-suite e2e-deploy
 
 e2e-suite: build e2e-tools
-	$(GO) test -count=1 -timeout 30m -tags e2e $(if $(E2E_SPLIT),-skip '$(E2E_LANE_TESTS)') $(E2E_PKGS) -v
+	$(GO) test -count=1 -timeout 30m -tags $(BASE_TAGS),e2e $(if $(E2E_SPLIT),-skip '$(E2E_LANE_TESTS)') $(E2E_PKGS) -v
 
 # make test (E2E_SPLIT=1) runs these test/e2e scenarios in a background
 # lane, beside the rest of the suite: each starts its own etcd and
 # kube-apiserver and shares nothing with the others.
 E2E_LANE_TESTS := ^(TestMigrateToKeywarden|TestKmsctlMigrateSVM)$$
 e2e-suite-lane: build e2e-tools
-	$(GO) test -count=1 -timeout 30m -tags e2e -run '$(E2E_LANE_TESTS)' ./test/e2e/ -v
+	$(GO) test -count=1 -timeout 30m -tags $(BASE_TAGS),e2e -run '$(E2E_LANE_TESTS)' ./test/e2e/ -v
 
 # deploy's manifests and EncryptionConfigurations on a real kube-apiserver.
 e2e-deploy: build e2e-tools
-	$(GO) test -count=1 -timeout 15m -tags e2e -run '^TestE2E' ./deploy -v
+	$(GO) test -count=1 -timeout 15m -tags $(BASE_TAGS),e2e -run '^TestE2E' ./deploy -v
 
 # TestKeystoreOutage in the background (make test): its output goes to
 # bin/outage/test.log, its exit status to bin/outage/rc; outage-wait prints
@@ -249,7 +260,7 @@ OUTAGE_DIR := $(BIN)/outage
 outage-start: build e2e-tools vault-tools
 	@rm -rf $(OUTAGE_DIR) && mkdir -p $(OUTAGE_DIR)
 	@echo "outage: TestKeystoreOutage started in the background (log: $(OUTAGE_DIR)/test.log)"
-	@( $(GO) test -count=1 -timeout 30m -tags e2e -v ./test/e2e/outage/ >$(OUTAGE_DIR)/test.log 2>&1; \
+	@( $(GO) test -count=1 -timeout 30m -tags $(BASE_TAGS),e2e -v ./test/e2e/outage/ >$(OUTAGE_DIR)/test.log 2>&1; \
 	   echo $$? >$(OUTAGE_DIR)/rc.tmp; mv $(OUTAGE_DIR)/rc.tmp $(OUTAGE_DIR)/rc ) </dev/null >/dev/null 2>&1 &
 
 outage-wait:
@@ -266,7 +277,7 @@ outage-wait:
 e2e-node: e2e-tools node-tools node-images
 	KEYWARDEN_NODE_IMAGE=$(CURDIR)/$(BIN)/node/keywarden-image.tar \
 	  KEYWARDEN_NODE_IMAGE_PKCS11=$(CURDIR)/$(BIN)/node/keywarden-pkcs11-image.tar KEYWARDEN_E2E_NODE=1 \
-	  $(GO) test -count=1 -timeout 30m -tags node -v ./test/node/
+	  $(GO) test -count=1 -timeout 30m -tags $(BASE_TAGS),node -v ./test/node/
 
 # keywarden's images from the Dockerfile (buildah), for the node test: the
 # default and PKCS#11 variants, and linux/arm64 cross-built and checked.

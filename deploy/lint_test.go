@@ -11,9 +11,9 @@ import (
 	"testing"
 )
 
-// lintTags are the build tags make golangci-lint passes (one run, the
-// Makefile's golangci-lint target): the e2e and node tests' files are
-// compiled only under them.
+// lintTags are the build tags make golangci-lint passes after BASE_TAGS (one
+// run, the Makefile's golangci-lint target): the e2e and node tests' files
+// are compiled only under them.
 var lintTags = []string{"e2e", "node"}
 
 // TestLintTagsLeaveNoFileOut: golangci-lint runs once, with lintTags, so
@@ -27,7 +27,7 @@ func TestLintTagsLeaveNoFileOut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "run --build-tags " + strings.Join(lintTags, ",") + " ./..."
+	want := "run --build-tags $(BASE_TAGS)," + strings.Join(lintTags, ",") + " ./..."
 	var runs []string
 	for _, l := range strings.Split(string(mk), "\n") {
 		if strings.Contains(l, "$< run") {
@@ -38,10 +38,16 @@ func TestLintTagsLeaveNoFileOut(t *testing.T) {
 		t.Fatalf("the Makefile's golangci-lint target: want one line ending %q, have %q", want, runs)
 	}
 
+	baseTags := makefileBaseTags(t, string(mk))
 	base := func(tag string) bool {
 		switch tag {
 		case "linux", "amd64", "unix", "cgo", "gc":
 			return true
+		}
+		for _, b := range baseTags {
+			if tag == b {
+				return true
+			}
 		}
 		return strings.HasPrefix(tag, "go1.")
 	}
@@ -68,6 +74,63 @@ func TestLintTagsLeaveNoFileOut(t *testing.T) {
 	t.Logf("%d files, %d with a //go:build line: each compiled by the default build is compiled with -tags %s", checked, tagged, strings.Join(lintTags, ","))
 	if checked == 0 || tagged == 0 {
 		t.Fatalf("checked %d files, %d with a //go:build line: the file list is wrong", checked, tagged)
+	}
+}
+
+// makefileBaseTags: the Makefile's BASE_TAGS, split.
+func makefileBaseTags(t *testing.T, mk string) []string {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^BASE_TAGS\s*:=\s*(\S+)$`).FindStringSubmatch(mk)
+	if m == nil {
+		t.Fatal("no BASE_TAGS := … in the Makefile")
+	}
+	return strings.Split(m[1], ",")
+}
+
+// TestBaseTagsAgree: every build of keywarden starts from the same tags
+// (netgo, osusergo: Go's own DNS resolver and user lookups), so the static and
+// cgo builds compile the same net package and share the compiled dependency
+// graph, and the binaries of make, the release and the image behave alike.
+// A go command of the Makefile with -tags of its own replaces GOFLAGS' tags,
+// so each must start from $(BASE_TAGS); release.sh clears GOFLAGS and the
+// Dockerfile has its own, so each spells them out.
+func TestBaseTagsAgree(t *testing.T) {
+	read := func(name string) string {
+		b, err := os.ReadFile(filepath.Join(repoRoot, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	mk := read("Makefile")
+	base := strings.Join(makefileBaseTags(t, mk), ",")
+	if base != "netgo,osusergo" {
+		t.Errorf("BASE_TAGS is %q; docs/install.md (Build variants) describes netgo,osusergo: change both", base)
+	}
+	if !regexp.MustCompile(`(?m)^export GOFLAGS\s*:=.* -tags=\$\(BASE_TAGS\)\)?$`).MatchString(mk) {
+		t.Error("the Makefile's exported GOFLAGS must end with -tags=$(BASE_TAGS)")
+	}
+	tagsFlag := regexp.MustCompile(`(?:^|\s)(?:-tags|--build-tags)[ =](\S+)`)
+	n := 0
+	for i, l := range strings.Split(mk, "\n") {
+		for _, m := range tagsFlag.FindAllStringSubmatch(l, -1) {
+			if l := strings.TrimSpace(l); strings.HasPrefix(l, "#") || strings.HasPrefix(l, "export GOFLAGS") {
+				continue
+			}
+			n++
+			if v := strings.Trim(m[1], `'"`); !strings.HasPrefix(v, "$(BASE_TAGS)") {
+				t.Errorf("Makefile:%d: -tags %s does not start from $(BASE_TAGS): %s", i+1, m[1], strings.TrimSpace(l))
+			}
+		}
+	}
+	if n < 10 {
+		t.Fatalf("found %d -tags flags in the Makefile: the pattern is wrong", n)
+	}
+	if m := regexp.MustCompile(`(?m)^\s*local tags=(\S+)$`).FindStringSubmatch(read("hack/release/release.sh")); m == nil || m[1] != base {
+		t.Errorf("hack/release/release.sh: want `local tags=%s`, have %q", base, m)
+	}
+	if want := `go build -tags "` + base + `${TAGS:+,${TAGS}}"`; !strings.Contains(read("Dockerfile"), want) {
+		t.Errorf("Dockerfile: its go build must say %s", want)
 	}
 }
 

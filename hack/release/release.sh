@@ -62,7 +62,9 @@ cross_cc() { # arch: the C cross compiler Debian ships for it
 build() {
 	local os="$1" arch="$2" variant="$3" out="$4" version="$5" cc
 	local -a env=(GOOS="$os" GOARCH="$arch" GOFLAGS= GOWORK=off)
-	local tags=
+	# The Makefile's BASE_TAGS (deploy's TestBaseTagsAgree): Go's own DNS
+	# resolver and user lookups in both variants.
+	local tags=netgo,osusergo
 	case "$variant" in
 	default)
 		env+=(CGO_ENABLED=1)
@@ -77,7 +79,7 @@ build() {
 		;;
 	nopkcs11)
 		env+=(CGO_ENABLED=0)
-		tags=nopkcs11
+		tags+=,nopkcs11
 		;;
 	*)
 		log "unknown variant $variant"
