@@ -519,8 +519,11 @@ require (
 // separate versions) pinned to published versions. Vault's release branch
 // carries an unpublished sdk; published sdk v0.21.0 differs from it by one
 // signature, so build.sh materialises a patched copy in .sdk/ (see there).
+// go-discover is the published module without its cloud providers
+// (.discover/, made by build.sh: see there).
 replace (
 	github.com/99designs/keyring => github.com/Jeffail/keyring v1.2.3
+	github.com/hashicorp/go-discover => ./.discover
 	github.com/hashicorp/vault/api => github.com/hashicorp/vault/api v1.22.0
 	github.com/hashicorp/vault/api/auth/approle => github.com/hashicorp/vault/api/auth/approle v0.1.0
 	github.com/hashicorp/vault/api/auth/kubernetes => github.com/hashicorp/vault/api/auth/kubernetes v0.10.0
