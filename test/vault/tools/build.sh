@@ -8,7 +8,7 @@
 # kubernetes) behind a command line of our own (`server -dev`, `status`,
 # `version`), not Vault's own main, which links every builtin plugin, storage
 # backend and CLI command: about 1,400 packages to compile instead of 2,300,
-# and about 1,000 with go-discover's cloud providers left out (below).
+# and about 950 with two client libraries left out (below).
 # go.mod keeps `tool github.com/hashicorp/vault` so that the module versions
 # are Vault's own.
 #
@@ -38,6 +38,7 @@ cd "$here"
 VAULT_VERSION=1.21.2
 SDK_VERSION=v0.21.0
 DISCOVER_VERSION=v1.1.1-0.20250922102917-55e5010ad859
+OKTA_VERSION=v5.0.2
 GO="${GO:-go}"
 
 log() { echo "vault-tools: $*"; }
@@ -76,24 +77,35 @@ sed -i "s/^${old//\*/\\*}\$/${new//\*/\\*}/" .sdk.tmp/framework/backend.go
 grep -qxF "$new" .sdk.tmp/framework/backend.go || { log "patching .sdk failed"; exit 1; }
 mv .sdk.tmp .sdk
 
-# go-discover (cloud auto-join for raft storage's retry_join) without its
-# providers. Vault's core imports it with all fourteen clouds' SDKs and a
-# Kubernetes client: 420 of the server's 1,400 packages, about half of its
-# source (AWS's EC2 SDK alone is 13 MB), for a feature an in-memory dev
-# server never reaches. .discover/ is the published module with its
-# Providers map emptied and provider/k8s (which Vault names itself) a
-# provider that refuses: `auto_join` then fails with "unknown provider",
-# as for a provider go-discover lacks. Its go.mod is kept, so every module
-# version stays Vault's.
-disco_dir="$(cd "$(mktemp -d)" && GO111MODULE=on "$GO" mod download -json "github.com/hashicorp/go-discover@${DISCOVER_VERSION}" |
-	sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
-[[ -d "$disco_dir" ]] || { log "cannot download github.com/hashicorp/go-discover@${DISCOVER_VERSION}"; exit 1; }
-rm -rf .discover .discover.tmp
+# Two client libraries Vault's core imports for features an in-memory dev
+# server never reaches are replaced (go.mod's replace) by copies made here,
+# gitignored like .sdk/. Each keeps the published module's go.mod, so every
+# module version stays Vault's.
+#   .discover/  go-discover, raft's cloud auto-join (retry_join auto_join):
+#               with it came fourteen clouds' SDKs and a Kubernetes client,
+#               420 of the server's 1,400 packages and about half its Go
+#               source (AWS's EC2 SDK alone is 13 MB). The copy is the
+#               published package with its Providers map emptied, and
+#               provider/k8s (which Vault names itself) a provider that
+#               refuses: auto_join fails with "unknown provider".
+#   .okta/      okta-sdk-golang/v5, for Okta push MFA (login MFA): one
+#               generated 11.7 MB package. The copy declares only what
+#               vault/login_mfa.go uses, and NewConfiguration refuses, so an
+#               Okta MFA method fails with "error creating client".
+module_copy() { # module version dir: the module's go.mod and license in dir
+	local src
+	src="$(cd "$(mktemp -d)" && GO111MODULE=on "$GO" mod download -json "$1@$2" |
+		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+	[[ -d "$src" ]] || { log "cannot download $1@$2"; exit 1; }
+	rm -rf "$3" "$3.tmp"
+	mkdir -p "$3.tmp"
+	cp "$src"/go.mod "$src"/LICENSE* "$3.tmp/"
+	MODULE_SRC="$src"
+}
+module_copy github.com/hashicorp/go-discover "$DISCOVER_VERSION" .discover
 mkdir -p .discover.tmp/provider/k8s
-cp "$disco_dir"/go.mod "$disco_dir"/LICENSE "$disco_dir"/config.go "$disco_dir"/discover.go .discover.tmp/
+cp "$MODULE_SRC"/config.go "$MODULE_SRC"/discover.go .discover.tmp/
 chmod -R u+w .discover.tmp
-# Drop the provider imports and the Providers map's entries; check that
-# nothing of them is left.
 sed -i -e '/^\t"github.com\/hashicorp\/go-discover\/provider\//d' \
 	-e '/^var Providers = map\[string\]Provider{$/,/^}$/{/^var Providers/!{/^}$/!d}}' .discover.tmp/discover.go
 if grep -q 'provider/\|Provider{},' .discover.tmp/discover.go || ! grep -qx 'var Providers = map\[string\]Provider{' .discover.tmp/discover.go; then
@@ -119,6 +131,129 @@ func (*Provider) Addrs(map[string]string, *log.Logger) ([]string, error) {
 }
 GO
 mv .discover.tmp .discover
+
+module_copy github.com/okta/okta-sdk-golang/v5 "$OKTA_VERSION" .okta
+mkdir -p .okta.tmp/okta
+cat >.okta.tmp/okta/okta.go <<'GO'
+// Package okta stands in for the Okta SDK in keywarden's Vault test server
+// (test/vault/tools/build.sh): the names vault/login_mfa.go uses, and a
+// NewConfiguration that refuses.
+package okta
+
+import (
+	"context"
+	"errors"
+	"net/http"
+)
+
+var errNotBuilt = errors.New("okta: not built into keywarden's Vault test server")
+
+type Configuration struct{ Context context.Context }
+
+type ConfigSetter func(*Configuration)
+
+func WithToken(string) ConfigSetter { return func(*Configuration) {} }
+func WithOrgUrl(string) ConfigSetter { return func(*Configuration) {} }
+func WithCache(bool) ConfigSetter   { return func(*Configuration) {} }
+
+func NewConfiguration(...ConfigSetter) (*Configuration, error) { return nil, errNotBuilt }
+
+type APIClient struct {
+	cfg           *Configuration
+	UserAPI       *UserAPIService
+	UserFactorAPI *UserFactorAPIService
+}
+
+func NewAPIClient(cfg *Configuration) *APIClient {
+	return &APIClient{cfg: cfg, UserAPI: &UserAPIService{}, UserFactorAPI: &UserFactorAPIService{}}
+}
+
+func (c *APIClient) GetConfig() *Configuration { return c.cfg }
+
+type User struct{ Id *string }
+
+func (u *User) GetId() string {
+	if u == nil || u.Id == nil {
+		return ""
+	}
+	return *u.Id
+}
+
+type UserFactorPush struct{ Id *string }
+
+func (f *UserFactorPush) GetId() string {
+	if f == nil || f.Id == nil {
+		return ""
+	}
+	return *f.Id
+}
+
+type ListFactors200ResponseInner struct{ UserFactorPush *UserFactorPush }
+
+type UserFactorVerifyResponse struct {
+	FactorResult *string
+	Links        map[string]any
+}
+
+func (r *UserFactorVerifyResponse) GetFactorResult() string {
+	if r == nil || r.FactorResult == nil {
+		return ""
+	}
+	return *r.FactorResult
+}
+
+type UserFactorPushTransaction struct{}
+
+type GetFactorTransactionStatus200Response struct {
+	UserFactorPushTransactionWaiting  *UserFactorPushTransaction
+	UserFactorPushTransaction         *UserFactorPushTransaction
+	UserFactorPushTransactionRejected *UserFactorPushTransaction
+	UserFactorPushTransactionTimeout  *UserFactorPushTransaction
+}
+
+type APIResponse struct{ *http.Response }
+
+type UserAPIService struct{}
+
+type ApiListUsersRequest struct{}
+
+func (*UserAPIService) ListUsers(context.Context) ApiListUsersRequest { return ApiListUsersRequest{} }
+func (r ApiListUsersRequest) Filter(string) ApiListUsersRequest     { return r }
+func (ApiListUsersRequest) Execute() ([]User, *APIResponse, error)  { return nil, nil, errNotBuilt }
+
+type UserFactorAPIService struct{}
+
+type ApiListFactorsRequest struct{}
+
+func (*UserFactorAPIService) ListFactors(context.Context, string) ApiListFactorsRequest {
+	return ApiListFactorsRequest{}
+}
+
+func (ApiListFactorsRequest) Execute() ([]ListFactors200ResponseInner, *APIResponse, error) {
+	return nil, nil, errNotBuilt
+}
+
+type ApiVerifyFactorRequest struct{}
+
+func (*UserFactorAPIService) VerifyFactor(context.Context, string, string) ApiVerifyFactorRequest {
+	return ApiVerifyFactorRequest{}
+}
+
+func (ApiVerifyFactorRequest) Execute() (*UserFactorVerifyResponse, *APIResponse, error) {
+	return nil, nil, errNotBuilt
+}
+
+type ApiGetFactorTransactionStatusRequest struct{}
+
+func (*UserFactorAPIService) GetFactorTransactionStatus(context.Context, string, string, string) ApiGetFactorTransactionStatusRequest {
+	return ApiGetFactorTransactionStatusRequest{}
+}
+
+func (ApiGetFactorTransactionStatusRequest) Execute() (*GetFactorTransactionStatus200Response, *APIResponse, error) {
+	return nil, nil, errNotBuilt
+}
+GO
+mv .okta.tmp .okta
 
 mkdir -p "$bin"
 out="$(mktemp -d "${bin}/.build.XXXXXX")"

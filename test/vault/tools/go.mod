@@ -519,8 +519,8 @@ require (
 // separate versions) pinned to published versions. Vault's release branch
 // carries an unpublished sdk; published sdk v0.21.0 differs from it by one
 // signature, so build.sh materialises a patched copy in .sdk/ (see there).
-// go-discover is the published module without its cloud providers
-// (.discover/, made by build.sh: see there).
+// go-discover and the Okta SDK are copies without what the dev server never
+// reaches (.discover/ and .okta/, made by build.sh: see there).
 replace (
 	github.com/99designs/keyring => github.com/Jeffail/keyring v1.2.3
 	github.com/hashicorp/go-discover => ./.discover
@@ -529,5 +529,6 @@ replace (
 	github.com/hashicorp/vault/api/auth/kubernetes => github.com/hashicorp/vault/api/auth/kubernetes v0.10.0
 	github.com/hashicorp/vault/api/auth/userpass => github.com/hashicorp/vault/api/auth/userpass v0.1.0
 	github.com/hashicorp/vault/sdk => ./.sdk
+	github.com/okta/okta-sdk-golang/v5 => ./.okta
 	github.com/ma314smith/signedxml v1.1.1 => github.com/moov-io/signedxml v1.1.1
 )
