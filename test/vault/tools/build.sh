@@ -62,11 +62,22 @@ if tc_reuse; then check; exit 0; fi
 export GOWORK=off CGO_ENABLED=0
 log "$("$GO" version); GOFLAGS='$("$GO" env GOFLAGS)'"
 
-# Materialise the patched sdk. `go mod download` checks the module against
-# the checksum database, so .sdk/ starts from the published bytes.
-sdk_dir="$(cd "$(mktemp -d)" && GO111MODULE=on "$GO" mod download -json "github.com/hashicorp/vault/sdk@${SDK_VERSION}" |
-	sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
-[[ -d "$sdk_dir" ]] || { log "cannot download github.com/hashicorp/vault/sdk@${SDK_VERSION}"; exit 1; }
+# module_dir MODULE VERSION: the module's folder in the module cache.
+# `go mod download` checks it against the checksum database, so the copies
+# below start from the published bytes. It runs in an empty folder, outside
+# this module.
+module_dir() {
+	local empty dir
+	empty="$(mktemp -d)"
+	dir="$(cd "$empty" && GO111MODULE=on "$GO" mod download -json "$1@$2" |
+		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+	rmdir "$empty"
+	[[ -d "$dir" ]] || { log "cannot download $1@$2"; return 1; }
+	echo "$dir"
+}
+
+# Materialise the patched sdk.
+sdk_dir="$(module_dir github.com/hashicorp/vault/sdk "$SDK_VERSION")" || exit 1
 rm -rf .sdk .sdk.tmp
 cp -r "$sdk_dir" .sdk.tmp
 chmod -R u+w .sdk.tmp
@@ -92,19 +103,15 @@ mv .sdk.tmp .sdk
 #               generated 11.7 MB package. The copy declares only what
 #               vault/login_mfa.go uses, and NewConfiguration refuses, so an
 #               Okta MFA method fails with "error creating client".
-module_copy() { # module version dir: the module's go.mod and license in dir
-	local src
-	src="$(cd "$(mktemp -d)" && GO111MODULE=on "$GO" mod download -json "$1@$2" |
-		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
-	[[ -d "$src" ]] || { log "cannot download $1@$2"; exit 1; }
-	rm -rf "$3" "$3.tmp"
-	mkdir -p "$3.tmp"
-	cp "$src"/go.mod "$src"/LICENSE* "$3.tmp/"
-	MODULE_SRC="$src"
+module_copy() { # src dir: the module's go.mod and license into dir.tmp
+	rm -rf "$2" "$2.tmp"
+	mkdir -p "$2.tmp"
+	cp "$1"/go.mod "$1"/LICENSE* "$2.tmp/"
 }
-module_copy github.com/hashicorp/go-discover "$DISCOVER_VERSION" .discover
+src="$(module_dir github.com/hashicorp/go-discover "$DISCOVER_VERSION")" || exit 1
+module_copy "$src" .discover
 mkdir -p .discover.tmp/provider/k8s
-cp "$MODULE_SRC"/config.go "$MODULE_SRC"/discover.go .discover.tmp/
+cp "$src"/config.go "$src"/discover.go .discover.tmp/
 chmod -R u+w .discover.tmp
 sed -i -e '/^\t"github.com\/hashicorp\/go-discover\/provider\//d' \
 	-e '/^var Providers = map\[string\]Provider{$/,/^}$/{/^var Providers/!{/^}$/!d}}' .discover.tmp/discover.go
@@ -132,7 +139,8 @@ func (*Provider) Addrs(map[string]string, *log.Logger) ([]string, error) {
 GO
 mv .discover.tmp .discover
 
-module_copy github.com/okta/okta-sdk-golang/v5 "$OKTA_VERSION" .okta
+src="$(module_dir github.com/okta/okta-sdk-golang/v5 "$OKTA_VERSION")" || exit 1
+module_copy "$src" .okta
 mkdir -p .okta.tmp/okta
 cat >.okta.tmp/okta/okta.go <<'GO'
 // Package okta stands in for the Okta SDK in keywarden's Vault test server
