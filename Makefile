@@ -43,7 +43,14 @@ comma           := ,
 # flags, so with one set of flags the dependency graph compiles once per
 # configuration (race, fuzz, FIPS, amd64, arm64) and all of them share it;
 # without -trimpath, the tests and golangci-lint compiled all of it once more.
-export GOFLAGS  := $(strip $(filter-out -trimpath -tags=%,$(GOFLAGS)) -trimpath -tags=$(BASE_TAGS))
+# -vet=off: go test's own vet (a subset of go vet's analyzers) is left to
+# make lint, whose go vet runs the whole suite on every package and test file
+# of the default and nopkcs11 builds, and golangci-lint's govet those of the
+# e2e and node tags (deploy's TestLintCoversGoTestVet). go test's vet ran in
+# every configuration it tests (race, fuzz, FIPS, arm64, e2e) and computed
+# its facts for every dependency in each: 190 CPU s of the race tests' 1,650
+# from an empty cache (docs/e2e.md, "Cold CI").
+export GOFLAGS  := $(strip $(filter-out -trimpath -tags=% -vet=%,$(GOFLAGS)) -vet=off -trimpath -tags=$(BASE_TAGS))
 
 .PHONY: all build build-nopkcs11 build-lean run test check unit unit-short fuzz lint fmt vet golangci-lint vulncheck \
         actionlint release release-check test-arm64 \
@@ -130,10 +137,15 @@ fmt:
 # build-nopkcs11 need (one compile of the dependency graph per configuration
 # instead of two: minutes on a cold cache). The lean tags change the files of
 # keystore/byuri only (deploy's TestLeanTagsOnlyInByuri), so only it is vetted
-# with them; build-lean compiles its importers.
+# with them; build-lean compiles its importers. Likewise nopkcs11 (and
+# CGO_ENABLED=0, which no file of ours depends on) adds files to the packages
+# on its line only (deploy's TestNopkcs11VetCoversItsFiles); the static builds
+# (release-check, build-lean) compile their importers. Vetting all of ./...
+# again took 160 CPU s cold for those two packages' worth of new files.
+NOPKCS11_VET := ./keystore/byuri/ ./test/faults/
 vet:
 	$(GO) vet -trimpath ./...
-	CGO_ENABLED=0 $(GO) vet -trimpath -tags $(BASE_TAGS),nopkcs11 ./...
+	CGO_ENABLED=0 $(GO) vet -trimpath -tags $(BASE_TAGS),nopkcs11 $(NOPKCS11_VET)
 	CGO_ENABLED=0 $(GO) vet -trimpath -tags $(BASE_TAGS),nopkcs11,$(LEAN_TAGS) ./keystore/byuri/
 
 $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION):

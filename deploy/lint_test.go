@@ -254,3 +254,109 @@ func exprTags(e constraint.Expr) []string {
 	}
 	return nil
 }
+
+// TestNopkcs11VetCoversItsFiles: make vet runs the nopkcs11 build (with
+// CGO_ENABLED=0) on the packages of its NOPKCS11_VET line only. So every
+// file that build adds (compiled with nopkcs11, not without it) must be in
+// one of those packages, and no file of the module may depend on cgo (a
+// `cgo` constraint or `import "C"`), which CGO_ENABLED=0 would change.
+func TestNopkcs11VetCoversItsFiles(t *testing.T) {
+	mk, err := os.ReadFile(filepath.Join(repoRoot, "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^NOPKCS11_VET\s*:=\s*(.+)$`).FindSubmatch(mk)
+	if m == nil {
+		t.Fatal("no NOPKCS11_VET := … in the Makefile")
+	}
+	if !strings.Contains(string(mk), "nopkcs11 $(NOPKCS11_VET)") {
+		t.Fatal("make vet's nopkcs11 line does not vet $(NOPKCS11_VET)")
+	}
+	vetted := map[string]bool{}
+	for _, p := range strings.Fields(string(m[1])) {
+		vetted[filepath.Clean(p)] = true
+	}
+	baseTags := makefileBaseTags(t, string(mk))
+	eval := func(nopkcs11 bool) func(string) bool {
+		return func(tag string) bool {
+			switch tag {
+			case "linux", "amd64", "unix", "gc":
+				return true
+			case "nopkcs11":
+				return nopkcs11
+			}
+			for _, b := range append(baseTags, lintTags...) {
+				if tag == b {
+					return true
+				}
+			}
+			return strings.HasPrefix(tag, "go1.")
+		}
+	}
+	added := 0
+	for _, f := range moduleGoFiles(t) {
+		src, err := os.ReadFile(filepath.Join(repoRoot, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if regexp.MustCompile(`(?m)^import\s+(\(\s*)?"C"`).Match(src) {
+			t.Errorf(`%s imports "C": CGO_ENABLED=0 changes its package; add it to NOPKCS11_VET or vet ./... with nopkcs11 again`, f)
+		}
+		expr := goBuild(t, filepath.Join(repoRoot, f))
+		if expr == nil {
+			continue
+		}
+		for _, tag := range exprTags(expr) {
+			if tag == "cgo" {
+				t.Errorf("%s: //go:build %s depends on cgo: add its package to NOPKCS11_VET", f, expr)
+			}
+		}
+		if expr.Eval(eval(true)) && !expr.Eval(eval(false)) {
+			added++
+			if !vetted[filepath.Dir(f)] {
+				t.Errorf("%s: //go:build %s is compiled only with nopkcs11, and its package is not on make vet's NOPKCS11_VET line", f, expr)
+			}
+		}
+	}
+	if added == 0 {
+		t.Fatal("no file is compiled only with nopkcs11: the check is looking at the wrong files")
+	}
+}
+
+// TestLintCoversGoTestVet: the Makefile turns go test's own vet off
+// (GOFLAGS -vet=off), leaving it to make lint, which must then run go vet
+// and golangci-lint (whose govet sees the e2e and node tests' files).
+func TestLintCoversGoTestVet(t *testing.T) {
+	mk, err := os.ReadFile(filepath.Join(repoRoot, "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	goflags := regexp.MustCompile(`(?m)^export GOFLAGS\s*:=(.*)$`).FindSubmatch(mk)
+	if goflags == nil || !strings.Contains(string(goflags[1]), "-vet=off") {
+		t.Skip("GOFLAGS keeps go test's vet on: nothing to check")
+	}
+	lint := regexp.MustCompile(`(?m)^lint:(.*)$`).FindSubmatch(mk)
+	if lint == nil {
+		t.Fatal("no lint target in the Makefile")
+	}
+	deps := strings.Fields(string(lint[1]))
+	for _, want := range []string{"vet", "golangci-lint"} {
+		found := false
+		for _, d := range deps {
+			found = found || d == want
+		}
+		if !found {
+			t.Errorf("GOFLAGS has -vet=off but make lint does not run %s (its prerequisites: %q)", want, deps)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^\t\$\(GO\) vet -trimpath \./\.\.\.$`).Match(mk) {
+		t.Error("make vet must vet ./... with the default build (go test no longer does)")
+	}
+	cfg, err := os.ReadFile(filepath.Join(repoRoot, ".golangci.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^\s+default:\s*standard\s*$`).Match(cfg) || regexp.MustCompile(`(?s)disable:.*govet`).Match(cfg) {
+		t.Error(".golangci.yml must keep the standard linters (govet among them) for the e2e and node tests' files")
+	}
+}
