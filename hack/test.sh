@@ -191,7 +191,7 @@ checks=(build-lean test-arm64 fips release-check)
 [ "$node" = 1 ] && checks=(node-images "${checks[@]}")
 lane checks "${checks[@]}"
 fg unit
-fg fuzz
+fg fuzz FUZZPARALLEL=1
 lane e2e-deploy e2e-deploy e2e-suite-lane
 fg e2e-suite -o build -o e2e-tools E2E_PKGS=./test/e2e/ E2E_SPLIT=1
 if [ "$node" = 1 ]; then
