@@ -268,7 +268,11 @@ out="$(mktemp -d "${bin}/.build.XXXXXX")"
 trap 'rm -rf "$out"' EXIT
 start=$SECONDS
 log "building vault v${VAULT_VERSION}'s test server (./cmd/vault)"
-"$GO" build -trimpath -ldflags "-s -w" -o "$out/vault" ./cmd/vault
+# The tags keywarden's builds and its e2e tools use (the Makefile's
+# BASE_TAGS): with them the standard library's net and everything above it
+# compile as for those, so one compile serves all three (.ci/run builds
+# this beside them, outside make, whose GOFLAGS would pass the tags).
+"$GO" build -trimpath -tags netgo,osusergo -ldflags "-s -w" -o "$out/vault" ./cmd/vault
 log "built vault in $((SECONDS - start))s, $(du -h "$out/vault" | cut -f1)"
 
 tc_install "$out"
