@@ -13,8 +13,9 @@
 #   2. keywarden (linux/amd64, cgo) is built once more in that clone with an
 #      EMPTY Go build cache, so every package is compiled again from another
 #      path and nothing is reused: its bytes must equal the release's.
-#      (Minutes on 2 cores; RELEASE_REPRO_COLD=0 skips this part, for a
-#      quick local run.)
+#      (Minutes on 2 cores; RELEASE_REPRO_COLD=0 skips this part: make
+#      test does, on every change; the release workflow runs it on every
+#      tag, and a plain `make release-check` does.)
 #
 # The signatures (.sig) are not compared: ECDSA signatures differ on every
 # run by design; they are verified instead (check.sh).
@@ -68,7 +69,7 @@ fi
 log "release files of two clones identical: $(wc -l <"$sa") files ($((SECONDS - start))s)"
 
 if [[ "${RELEASE_REPRO_COLD:-1}" == 0 ]]; then
-	log "RELEASE_REPRO_COLD=0: the empty-cache build is skipped"
+	log "RELEASE_REPRO_COLD=0: the rebuild from an empty Go build cache is skipped (the release workflow and a plain make release-check run it)"
 	exit 0
 fi
 start=$SECONDS
