@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -215,30 +216,81 @@ func workDir(t testing.TB, prefix string) string {
 
 // reservedPorts avoids handing out one port twice in one test binary: a
 // port is freed by closing its listener, and the process meant to bind it
-// may not have started yet.
+// may not have started yet. portLocks holds the lock files of those ports
+// open, so other test binaries skip them, until this process exits.
 var (
 	portsMu       sync.Mutex
 	reservedPorts = map[int]bool{}
+	portLocks     []*os.File
 )
 
-// FreePort returns a loopback TCP port that nothing listens on now and that
-// this process has not handed out before.
+// FreePort returns a loopback TCP port for a process a test starts: one that
+// nothing listens on now, that this process has not handed out before, that
+// no other test binary on this machine holds (a lock file under the temp
+// directory, held until this process exits), and below the kernel's
+// ephemeral range, so that no outgoing connection is given it as its source
+// port before the process binds it. make test runs several test binaries at
+// once; a port found by listening on :0 and closing, in that range, was
+// bound by someone else before etcd's peer listener could take it
+// (2026-12-06, "bind: address already in use").
 func FreePort() (int, error) {
 	portsMu.Lock()
 	defer portsMu.Unlock()
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
+	lo, hi := portRange()
+	for range 1000 {
+		port := lo + rand.IntN(hi-lo)
+		if reservedPorts[port] {
+			continue
 		}
-		port := l.Addr().(*net.TCPAddr).Port
+		lock, ok := lockPort(port)
+		if !ok {
+			continue
+		}
+		l, err := net.Listen("tcp", hostPort(port))
+		if err != nil {
+			_ = lock.Close()
+			continue
+		}
 		_ = l.Close()
-		if !reservedPorts[port] {
-			reservedPorts[port] = true
-			return port, nil
+		reservedPorts[port] = true
+		portLocks = append(portLocks, lock)
+		return port, nil
+	}
+	return 0, fmt.Errorf("no free loopback port in [%d, %d)", lo, hi)
+}
+
+// portRange: from 20000 (above the ports a kubeadm node binds: 2379-2381,
+// 6443, 10248-10259) to the start of the ephemeral range
+// (net.ipv4.ip_local_port_range, 32768 by default).
+func portRange() (lo, hi int) {
+	lo, hi = 20000, 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > lo+1000 {
+				hi = n
+			}
 		}
 	}
-	return 0, errors.New("no free loopback port")
+	return lo, hi
+}
+
+// lockPort takes an exclusive, non-blocking flock on the port's file in a
+// folder of this user's under the temp directory; the kernel drops it when
+// the file is closed or the process ends.
+func lockPort(port int) (*os.File, bool) {
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("keywarden-test-ports-%d", os.Getuid()))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, false
+	}
+	f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(port)), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, false
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = f.Close()
+		return nil, false
+	}
+	return f, true
 }
 
 func mustPort(t testing.TB) int {
