@@ -21,6 +21,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/keywarden/keywarden/internal/follow"
 )
@@ -269,7 +270,7 @@ func githubAnchor(h string) string {
 	var b strings.Builder
 	for _, r := range h {
 		switch {
-		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-', r == '_':
+		case unicode.IsLetter(r), unicode.IsDigit(r), r == '-', r == '_':
 			b.WriteRune(r)
 		case r == ' ':
 			b.WriteByte('-')
