@@ -114,7 +114,7 @@ test:
 # (plotting, fonts, images, kind) that nothing else tested needs, which the
 # race build compiled for them alone.
 NORACE_DIRS := bench deploy test/node test/e2e/cluster
-MODULE      := github.com/keywarden/keywarden
+MODULE      := $(shell sed -n 's/^module //p' go.mod)
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -Ev '^$(MODULE)/($(subst $(space),|,$(NORACE_DIRS)))(/|$$)')
 	$(GO) test -count=1 $(addsuffix /...,$(addprefix ./,$(NORACE_DIRS)))

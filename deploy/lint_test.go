@@ -356,3 +356,65 @@ func TestLintCoversGoTestVet(t *testing.T) {
 		t.Error(".golangci.yml must keep the standard linters (govet among them) for the e2e and node tests' files")
 	}
 }
+
+// TestUnitRaceSplit: make unit runs go test twice, with -race on the
+// packages its go list | grep keeps and without it on NORACE_DIRS. Together
+// the two must test every package of the module once, and keywarden's own
+// packages must be in the race run: a grep that matched nothing (a wrong
+// module path) or everything would otherwise go unnoticed.
+func TestUnitRaceSplit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs go list three times")
+	}
+	out := run(t, repoRoot, "make", "-s", "-n", "--no-print-directory", "unit")
+	var raceCmd, noRaceCmd string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		switch {
+		case strings.Contains(line, " test -race "):
+			raceCmd = line
+		case strings.Contains(line, " test "):
+			noRaceCmd = line
+		}
+	}
+	inner := regexp.MustCompile(`\$\((.*)\)\s*$`).FindStringSubmatch(raceCmd)
+	if inner == nil || noRaceCmd == "" {
+		t.Fatalf("make -n unit printed no race run with a $(go list ...) and a run without -race:\n%s", out)
+	}
+	list := func(cmd string) map[string]bool {
+		t.Helper()
+		pkgs := map[string]bool{}
+		for _, p := range strings.Fields(run(t, repoRoot, "sh", "-c", cmd)) {
+			pkgs[p] = true
+		}
+		return pkgs
+	}
+	race := list(inner[1])
+	goCmd := noRaceCmd[:strings.Index(noRaceCmd, " test ")]
+	var dirs []string
+	for _, f := range strings.Fields(noRaceCmd) {
+		if strings.HasPrefix(f, "./") {
+			dirs = append(dirs, f)
+		}
+	}
+	noRace := list(goCmd + " list " + strings.Join(dirs, " "))
+	all := list(goCmd + " list ./...")
+	mod := strings.TrimSpace(run(t, repoRoot, "sh", "-c", goCmd+" list -m"))
+	for p := range all {
+		if race[p] == noRace[p] {
+			t.Errorf("%s: in the race run %v, in the run without -race %v; want exactly one", p, race[p], noRace[p])
+		}
+	}
+	for p := range race {
+		if !all[p] {
+			t.Errorf("race run lists %s, not a package of ./...", p)
+		}
+	}
+	for _, p := range []string{mod + "/kms", mod + "/keystore", mod + "/cmd/keywarden"} {
+		if !race[p] {
+			t.Errorf("%s is not tested under -race", p)
+		}
+	}
+	if len(noRace) == 0 || len(race) < len(all)/2 {
+		t.Errorf("race run has %d of %d packages, the other %d", len(race), len(all), len(noRace))
+	}
+}
