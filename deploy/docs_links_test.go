@@ -44,29 +44,36 @@ func markdownFiles(t *testing.T) []string {
 	return files
 }
 
-// proseLines returns a Markdown file's lines outside fenced code blocks,
-// with inline code spans blanked, so a link written as an example in code is
-// not taken for one.
-func proseLines(src string) []string {
+// outsideFences returns a Markdown file's lines with those of fenced code
+// blocks (and the fences) blanked, so line numbers still match the file.
+func outsideFences(src string) []string {
 	var out []string
 	fence := ""
 	for _, line := range strings.Split(src, "\n") {
 		trim := strings.TrimSpace(line)
-		if fence == "" && (strings.HasPrefix(trim, "```") || strings.HasPrefix(trim, "~~~")) {
+		switch {
+		case fence == "" && (strings.HasPrefix(trim, "```") || strings.HasPrefix(trim, "~~~")):
 			fence = trim[:3]
-			out = append(out, "")
-			continue
-		}
-		if fence != "" {
+			line = ""
+		case fence != "":
 			if strings.HasPrefix(trim, fence) {
 				fence = ""
 			}
-			out = append(out, "")
-			continue
+			line = ""
 		}
-		out = append(out, codeSpan.ReplaceAllString(line, ""))
+		out = append(out, line)
 	}
 	return out
+}
+
+// proseLines is outsideFences with inline code spans blanked as well, so a
+// link written as an example in code is not taken for one.
+func proseLines(src string) []string {
+	lines := outsideFences(src)
+	for i, l := range lines {
+		lines[i] = codeSpan.ReplaceAllString(l, "")
+	}
+	return lines
 }
 
 // markdownAnchors returns the anchors GitHub gives a file's headings
@@ -76,19 +83,7 @@ func markdownAnchors(src string) map[string]bool {
 	seen := map[string]int{}
 	heading := regexp.MustCompile(`^#{1,6}\s+(.+?)\s*#*\s*$`)
 	linkText := regexp.MustCompile(`\[([^\]]*)\]\([^)]*\)`)
-	fence := ""
-	for _, line := range strings.Split(src, "\n") {
-		trim := strings.TrimSpace(line)
-		if fence == "" && (strings.HasPrefix(trim, "```") || strings.HasPrefix(trim, "~~~")) {
-			fence = trim[:3]
-			continue
-		}
-		if fence != "" {
-			if strings.HasPrefix(trim, fence) {
-				fence = ""
-			}
-			continue
-		}
+	for _, line := range outsideFences(src) {
 		for _, m := range htmlAnchor.FindAllStringSubmatch(line, -1) {
 			anchors[m[1]] = true
 		}
