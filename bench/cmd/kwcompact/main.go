@@ -4,7 +4,7 @@
 // the local absolute paths of the machine that ran them redacted
 // (bench.Paths) in every text file. PNGs are left alone.
 //
-//	go run ./bench/cmd/kwcompact -root /work/main bench/results
+//	go run ./bench/cmd/kwcompact -root /path/to/other/checkout bench/results
 //
 // -root names a repository root of the machine that made the results
 // (repeatable; paths under it become relative); this checkout's root,
