@@ -17,6 +17,8 @@ var (
 	refLink    = regexp.MustCompile(`(?m)^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+"[^"]*")?\s*$`)
 	htmlAnchor = regexp.MustCompile(`<a\s+(?:id|name)="([^"]+)"`)
 	codeSpan   = regexp.MustCompile("`+[^`]*`+")
+	heading    = regexp.MustCompile(`^#{1,6}\s+(.+?)\s*#*\s*$`)
+	linkText   = regexp.MustCompile(`\[([^\]]*)\]\([^)]*\)`)
 )
 
 // markdownFiles lists the repository's Markdown files, leaving out hidden
@@ -81,8 +83,6 @@ func proseLines(src string) []string {
 func markdownAnchors(src string) map[string]bool {
 	anchors := map[string]bool{}
 	seen := map[string]int{}
-	heading := regexp.MustCompile(`^#{1,6}\s+(.+?)\s*#*\s*$`)
-	linkText := regexp.MustCompile(`\[([^\]]*)\]\([^)]*\)`)
 	for _, line := range outsideFences(src) {
 		for _, m := range htmlAnchor.FindAllStringSubmatch(line, -1) {
 			anchors[m[1]] = true

@@ -363,9 +363,6 @@ func TestLintCoversGoTestVet(t *testing.T) {
 // packages must be in the race run: a grep that matched nothing (a wrong
 // module path) or everything would otherwise go unnoticed.
 func TestUnitRaceSplit(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs go list three times")
-	}
 	out := run(t, repoRoot, "make", "-s", "-n", "--no-print-directory", "unit")
 	var raceCmd, noRaceCmd string
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {

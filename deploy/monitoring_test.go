@@ -236,10 +236,7 @@ func TestAlertRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	anchors := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^#+\s+(.+)$`).FindAllStringSubmatch(string(ops), -1) {
-		anchors[githubAnchor(m[1])] = true
-	}
+	anchors := markdownAnchors(string(ops))
 	tested, err := os.ReadFile(tests[0])
 	if err != nil {
 		t.Fatal(err)
